@@ -1,0 +1,180 @@
+"""The ULD agent: acting, and the update schedule of spec/ULD.md (Update schedule, Acting)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from uld.agents.uld import losses
+from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.networks import Encoder, Policy, Value
+from uld.envs.base import EnvSpec
+from uld.replay.buffer import ReplayBuffer
+
+
+def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
+    """DrQ augmentation: replicate-pad, then crop back at a random integer shift per image.
+
+    obs: (N, C, H, W). Each image gets its own shift in [0, 2 * pad] along each axis.
+    """
+    n, _, h, w = obs.shape
+    padded = F.pad(obs.float(), (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=obs.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=obs.device)
+    rows = (dy + torch.arange(h, device=obs.device))[:, :, None]  # (N, H, 1)
+    cols = (dx + torch.arange(w, device=obs.device))[:, None, :]  # (N, 1, W)
+    batch = torch.arange(n, device=obs.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+
+
+class ULDAgent:
+    """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings."""
+
+    def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu"):
+        self.spec = spec
+        self.config = config.for_discrete() if spec.discrete else config
+        self.device = torch.device(device)
+        cfg = self.config
+        self.encoder = Encoder(spec.obs_shape, spec.action_dim, cfg.zs_dim, cfg.zsa_dim, cfg.za_dim,
+                               cfg.hidden_dim, cfg.num_bins, spec.pixels).to(self.device)
+        self.policy = Policy(cfg.zs_dim, spec.action_dim, cfg.hidden_dim, spec.discrete, cfg.gumbel_tau).to(self.device)
+        self.value = Value(cfg.zsa_dim, cfg.hidden_dim).to(self.device)
+        self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
+        self.value_target = copy.deepcopy(self.value).requires_grad_(False)
+        self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay)
+        self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay)
+        self.policy_optimizer = _adamw(self.policy.parameters(), cfg.policy_lr, cfg.weight_decay)
+        self.bins = losses.reward_bins(cfg.num_bins, cfg.bin_range).to(self.device)
+        self.training_step = 0
+        self.reward_scale = 1.0
+        self.target_reward_scale = 1.0
+
+    # ---- acting -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, explore: bool) -> np.ndarray | int:
+        """The action for one observation: in [-1, 1] (continuous) or an index (discrete)."""
+        obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+        zs = self.encoder.f(obs_t.float() if not self.spec.pixels else obs_t)
+        action, pre = self.policy(zs)
+        sigma = self.config.exploration_noise
+        if self.spec.discrete:
+            if not explore:
+                return int(pre.argmax(-1))  # greedy evaluation (spec: "correct" item 5)
+            return int((action + sigma * torch.randn_like(action)).argmax(-1))
+        if explore:
+            action = (action + sigma * torch.randn_like(action)).clamp(-1, 1)
+        return action[0].cpu().numpy()
+
+    # ---- learning -----------------------------------------------------------------------------
+
+    def update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
+        """One training iteration: maybe a target copy and encoder burst, then value and policy."""
+        cfg = self.config
+        self.training_step += 1
+        metrics: dict[str, Tensor] = {}
+        if (self.training_step - 1) % cfg.target_update_period == 0:
+            self._copy_targets()
+            self.target_reward_scale = self.reward_scale
+            self.reward_scale = buffer.reward_scale()
+            for _ in range(cfg.target_update_period):
+                metrics.update(self._update_encoder(buffer))
+        metrics.update(self._update_value_and_policy(buffer))
+        return metrics
+
+    def _copy_targets(self) -> None:
+        for online, target in ((self.encoder, self.encoder_target), (self.policy, self.policy_target),
+                               (self.value, self.value_target)):
+            target.load_state_dict(online.state_dict())
+
+    def _prepare_obs(self, obs: Tensor) -> Tensor:
+        """(B, T, *obs_shape) -> (B * T, *obs_shape) as float, augmented for pixels."""
+        flat = obs.flatten(0, 1)
+        if self.spec.pixels and self.config.pixel_augmentation:
+            return shift_augment(flat)
+        return flat.float()
+
+    def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
+        cfg = self.config
+        batch = buffer.sample(cfg.batch_size, cfg.enc_horizon, self.device)
+        obs = self._prepare_obs(batch.obs).unflatten(0, batch.obs.shape[:2])
+        with torch.no_grad():
+            target_zs = self.encoder_target.f(obs[:, 1:].flatten(0, 1)).unflatten(0, obs.shape[:1] + (cfg.enc_horizon,))
+        loss, metrics = losses.encoder_loss(
+            self.encoder, obs[:, 0], batch.action, batch.reward, batch.terminated, target_zs, self.bins,
+            cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated,
+        )
+        self.encoder_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.encoder_optimizer.step()
+        return metrics
+
+    def _target_action(self, zs_next: Tensor) -> Tensor:
+        cfg = self.config
+        action, pre = self.policy_target(zs_next)
+        noise = (cfg.target_policy_noise * torch.randn_like(action)).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
+        if self.spec.discrete:
+            return F.one_hot((action + noise).argmax(-1), self.spec.action_dim).float()
+        return (action + noise).clamp(-1, 1)
+
+    def _update_value_and_policy(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
+        cfg = self.config
+        batch = buffer.sample(cfg.batch_size, cfg.q_horizon, self.device)
+        obs = self._prepare_obs(batch.obs[:, [0, cfg.q_horizon]]).unflatten(0, (batch.obs.shape[0], 2))
+        with torch.no_grad():
+            R, ND = losses.n_step_return(batch.reward, batch.terminated, cfg.discount)
+            zs_next = self.encoder_target.f(obs[:, 1])
+            next_q = self.value_target(self.encoder_target.g(zs_next, self._target_action(zs_next)))
+            y = losses.critic_target(R, ND, next_q, cfg.discount, cfg.q_horizon,
+                                     self.reward_scale, self.target_reward_scale)
+            zs = self.encoder.f(obs[:, 0])
+            zsa = self.encoder.g(zs, batch.action[:, 0])
+
+        value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.value_grad_clip, foreach=True)
+        self.value_optimizer.step()
+
+        # The actor's gradient flows through g and Q to the action only: no weight gradients there.
+        self.encoder.requires_grad_(False)
+        self.value.requires_grad_(False)
+        policy_loss, actor_metrics = losses.actor_loss(self.encoder, self.value, self.policy, zs, cfg.pre_activation_weight)
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.policy_optimizer.step()
+        self.encoder.requires_grad_(True)
+        self.value.requires_grad_(True)
+
+        buffer.update_priorities(batch.index, td_error.cpu().numpy())
+        metrics.update(actor_metrics)
+        return metrics
+
+    # ---- state --------------------------------------------------------------------------------
+
+    _MODULES = ("encoder", "policy", "value", "encoder_target", "policy_target", "value_target",
+                "encoder_optimizer", "value_optimizer", "policy_optimizer")
+
+    def state_dict(self) -> dict:
+        """Networks, targets, optimizers, reward scales and counters."""
+        state = {name: getattr(self, name).state_dict() for name in self._MODULES}
+        state["counters"] = {"training_step": self.training_step, "reward_scale": self.reward_scale,
+                             "target_reward_scale": self.target_reward_scale}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._MODULES:
+            getattr(self, name).load_state_dict(state[name])
+        counters = state["counters"]
+        self.training_step = int(counters["training_step"])
+        self.reward_scale = float(counters["reward_scale"])
+        self.target_reward_scale = float(counters["target_reward_scale"])

@@ -1,0 +1,100 @@
+"""ULD / MR.Q hyperparameters: the one set used for every domain (spec/ULD.md, Hyperparameters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class ULDConfig:
+    """Every hyperparameter of the ULD agent; the defaults are the published ones."""
+
+    batch_size: int = 256
+    """generic / batch size."""
+    buffer_capacity: int = 1_000_000
+    """generic / replay capacity (slots; each finished episode also takes one slot for its final observation)."""
+    discount: float = 0.99
+    """generic / discount gamma."""
+    target_update_period: int = 250
+    """generic / target update period T: training steps between hard target copies (and encoder bursts)."""
+    random_steps: int = 10_000
+    """exploration / uniformly random actions before training starts."""
+    exploration_noise: float = 0.2
+    """exploration / Gaussian noise sigma added to the policy's action (halved for discrete actions)."""
+    target_policy_noise: float = 0.2
+    """TD3 / target policy noise sigma (halved for discrete actions)."""
+    target_noise_clip: float = 0.3
+    """TD3 / target policy noise clip (halved for discrete actions)."""
+    dynamics_weight: float = 1.0
+    """encoder loss / weight of the latent dynamics term."""
+    reward_weight: float = 0.1
+    """encoder loss / weight of the reward cross-entropy term."""
+    done_weight: float = 0.1
+    """encoder loss / weight of the termination term."""
+    enc_horizon: int = 5
+    """encoder loss / unroll horizon H_enc."""
+    q_horizon: int = 3
+    """critic / n-step horizon H_Q."""
+    value_grad_clip: float = 20.0
+    """critic / global gradient-norm clip of the value networks."""
+    prioritized: bool = True
+    """replay / LAP prioritized sampling."""
+    alpha: float = 0.4
+    """replay / LAP exponent alpha."""
+    min_priority: float = 1.0
+    """replay / LAP minimum priority."""
+    zs_dim: int = 512
+    """sizes / state embedding zs."""
+    zsa_dim: int = 512
+    """sizes / state-action embedding zsa."""
+    za_dim: int = 256
+    """sizes / action embedding za."""
+    hidden_dim: int = 512
+    """sizes / hidden width of every MLP."""
+    encoder_lr: float = 1e-4
+    """optim / AdamW learning rate of the encoder."""
+    value_lr: float = 3e-4
+    """optim / AdamW learning rate of the value networks."""
+    policy_lr: float = 3e-4
+    """optim / AdamW learning rate of the policy."""
+    weight_decay: float = 1e-4
+    """optim / AdamW weight decay (all three optimizers)."""
+    pre_activation_weight: float = 1e-5
+    """policy / weight of the pre-activation penalty mean(pre^2)."""
+    gumbel_tau: float = 10.0
+    """policy / Gumbel-softmax temperature for discrete actions."""
+    num_bins: int = 65
+    """reward model / number of two-hot bins."""
+    bin_range: float = 10.0
+    """reward model / bins at symexp(linspace(-bin_range, bin_range, num_bins))."""
+    pixel_augmentation: bool = True
+    """pixels / DrQ shift augmentation (replicate-pad 4, random integer shift per image)."""
+
+    @property
+    def horizon(self) -> int:
+        """Length of the stored subsequences: max(H_enc, H_Q) (spec: Replay buffer)."""
+        return max(self.enc_horizon, self.q_horizon)
+
+    def for_discrete(self) -> ULDConfig:
+        """Discrete actions halve sigma, target noise and clip (spec: Hyperparameters, discrete)."""
+        return replace(
+            self,
+            exploration_noise=self.exploration_noise / 2,
+            target_policy_noise=self.target_policy_noise / 2,
+            target_noise_clip=self.target_noise_clip / 2,
+        )
+
+
+def reduced_config(**overrides) -> ULDConfig:
+    """The same algorithm at a size a laptop CPU trains in minutes (for learning tests and demos)."""
+    small = dict(
+        batch_size=64,
+        zs_dim=128,
+        zsa_dim=128,
+        za_dim=64,
+        hidden_dim=128,
+        target_update_period=100,
+        random_steps=1_000,
+    )
+    small.update(overrides)
+    return ULDConfig(**small)

@@ -1,0 +1,133 @@
+"""ULD losses, written as in spec/ULD.md (Losses): pure functions from tensors to a loss and metrics.
+
+Index convention for a batch of subsequences: obs[:, t] is s_t; action[:, t] is a_t; reward[:, t]
+and terminated[:, t] are r_{t+1} and d_{t+1}, the outcome of taking a_t in s_t.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from uld.agents.uld.networks import Encoder, Policy, Value
+
+Metrics = dict[str, Tensor]
+
+
+def symexp(x: Tensor) -> Tensor:
+    return torch.sign(x) * (torch.exp(x.abs()) - 1)
+
+
+def reward_bins(num_bins: int, bin_range: float) -> Tensor:
+    """Two-hot bin locations symexp(linspace(-range, range, num_bins)) (spec: reward model)."""
+    return symexp(torch.linspace(-bin_range, bin_range, num_bins))
+
+
+def two_hot(x: Tensor, bins: Tensor) -> Tensor:
+    """Split each value's mass linearly between its two bracketing bins.
+
+    Values beyond the outer bins put all their mass on the outer bin (spec: "correct" item 6).
+    """
+    x = x.clamp(bins[0], bins[-1])
+    upper = torch.searchsorted(bins, x.contiguous()).clamp(1, len(bins) - 1)
+    lower = upper - 1
+    weight_upper = (x - bins[lower]) / (bins[upper] - bins[lower])
+    encoded = torch.zeros(*x.shape, len(bins), dtype=x.dtype, device=x.device)
+    encoded.scatter_(-1, lower.unsqueeze(-1), (1 - weight_upper).unsqueeze(-1))
+    encoded.scatter_add_(-1, upper.unsqueeze(-1), weight_upper.unsqueeze(-1))
+    return encoded
+
+
+def n_step_return(reward: Tensor, terminated: Tensor, discount: float) -> tuple[Tensor, Tensor]:
+    """R = sum_i gamma^i r_{i+1} prod_{j<=i}(1 - d_j) and ND = prod_{j<=H}(1 - d_j).
+
+    The reward of the terminal step counts; nothing after it does (spec: "correct" item 1).
+    Shapes: (B, H) -> (B,), (B,).
+    """
+    not_done = 1.0 - terminated
+    alive = torch.cumprod(torch.cat([torch.ones_like(not_done[:, :1]), not_done[:, :-1]], dim=1), dim=1)
+    powers = discount ** torch.arange(reward.shape[1], dtype=reward.dtype, device=reward.device)
+    R = (reward * alive * powers).sum(dim=1)
+    ND = not_done.prod(dim=1)
+    return R, ND
+
+
+def encoder_loss(
+    encoder: Encoder,
+    obs0: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    terminated: Tensor,
+    target_zs: Tensor,
+    bins: Tensor,
+    dynamics_weight: float,
+    reward_weight: float,
+    done_weight: float,
+    use_done: bool,
+) -> tuple[Tensor, Metrics]:
+    """The latent model unrolled H_enc steps from zs = f(s_0) (spec: Losses, Encoder).
+
+    target_zs[:, i] = f_target(s_{i+1}). Predicted zs are fed back as they leave the head; steps
+    after a terminal are masked; terms are summed over the unroll. `use_done` is False until the
+    environment has ever terminated.
+    """
+    zs = encoder.f(obs0)
+    mask = torch.ones_like(reward[:, 0])
+    dynamics = reward_ce = done_mse = zs.new_zeros(())
+    for i in range(action.shape[1]):
+        done_pred, zs, reward_logits = encoder.predict(encoder.g(zs, action[:, i]))
+        dynamics = dynamics + (mask * (zs - target_zs[:, i]).pow(2).mean(-1)).mean()
+        target_dist = two_hot(reward[:, i], bins)
+        ce = -(target_dist * F.log_softmax(reward_logits, dim=-1)).sum(-1)
+        reward_ce = reward_ce + (mask * ce).mean()
+        done_mse = done_mse + (mask * (done_pred.squeeze(-1) - terminated[:, i]).pow(2)).mean()
+        mask = mask * (1.0 - terminated[:, i])
+    loss = dynamics_weight * dynamics + reward_weight * reward_ce
+    if use_done:
+        loss = loss + done_weight * done_mse
+    return loss, {
+        "encoder/loss": loss.detach(),
+        "encoder/dynamics": dynamics.detach(),
+        "encoder/reward_ce": reward_ce.detach(),
+        "encoder/done_mse": done_mse.detach(),
+    }
+
+
+def critic_target(
+    R: Tensor,
+    ND: Tensor,
+    next_q: Tensor,
+    discount: float,
+    horizon: int,
+    reward_scale: float,
+    target_reward_scale: float,
+) -> Tensor:
+    """y = (R + ND gamma^H min_j Q_target_j * target_reward_scale) / reward_scale. next_q: (B, 2)."""
+    bootstrap = next_q.min(dim=-1).values * target_reward_scale
+    return ((R + ND * discount**horizon * bootstrap) / reward_scale).unsqueeze(-1)
+
+
+def critic_loss(value: Value, zsa: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Metrics]:
+    """Huber loss of both Q heads against y (spec: Losses, Critic). Returns (loss, |Q - y| max over heads, metrics)."""
+    q = value(zsa)
+    loss = F.smooth_l1_loss(q, y.expand_as(q))
+    td_error = (q.detach() - y).abs().max(dim=-1).values
+    return loss, td_error, {
+        "critic/loss": loss.detach(),
+        "critic/q_mean": q.detach().mean(),
+        "critic/q_max": q.detach().max(),
+        "critic/q_min": q.detach().min(),
+        "critic/target_mean": y.mean(),
+    }
+
+
+def actor_loss(
+    encoder: Encoder, value: Value, policy: Policy, zs: Tensor, pre_activation_weight: float
+) -> tuple[Tensor, Metrics]:
+    """-mean Q(g(zs, pi(zs))) over batch and both heads + weight * mean(pre^2) (spec: Losses, Actor)."""
+    action, pre = policy(zs)
+    q = value(encoder.g(zs, action))
+    penalty = pre.pow(2).mean()
+    loss = -q.mean() + pre_activation_weight * penalty
+    return loss, {"actor/loss": loss.detach(), "actor/pre_activation": penalty.detach()}

@@ -1,0 +1,141 @@
+"""ULD networks: state encoder f, state-action encoder g with its latent model head, policy, value.
+
+Shapes and activations follow spec/ULD.md, Networks. Layer norms carry no learnable affine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def ln_act(x: Tensor, act) -> Tensor:
+    """Layer norm over the last dim without affine parameters, then the activation."""
+    return act(F.layer_norm(x, x.shape[-1:]))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Xavier-uniform with the ReLU gain sqrt(2), zero bias, for every Linear and Conv2d."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_uniform_(module.weight, gain=math.sqrt(2))
+        nn.init.zeros_(module.bias)
+
+
+class MLP(nn.Module):
+    """Linear -> ln_act -> Linear -> ln_act -> Linear (linear output)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, act):
+        super().__init__()
+        self.l1 = nn.Linear(in_dim, hidden_dim)
+        self.l2 = nn.Linear(hidden_dim, hidden_dim)
+        self.l3 = nn.Linear(hidden_dim, out_dim)
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = ln_act(self.l1(x), self.act)
+        x = ln_act(self.l2(x), self.act)
+        return self.l3(x)
+
+
+class VectorStateEncoder(nn.Module):
+    """f for vector observations: zs = ln_act_elu(MLP_elu(obs -> zs))."""
+
+    def __init__(self, obs_dim: int, zs_dim: int, hidden_dim: int):
+        super().__init__()
+        self.mlp = MLP(obs_dim, zs_dim, hidden_dim, F.elu)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return ln_act(self.mlp(obs), F.elu)
+
+
+class PixelStateEncoder(nn.Module):
+    """f for image stacks: four 3x3 convolutions with ELU, then Linear -> ln_act_elu."""
+
+    def __init__(self, in_channels: int, zs_dim: int, image_size: int = 84):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(in_channels, 32, 3, stride=2),
+                nn.Conv2d(32, 32, 3, stride=2),
+                nn.Conv2d(32, 32, 3, stride=2),
+                nn.Conv2d(32, 32, 3, stride=1),
+            ]
+        )
+        side = image_size
+        for conv in self.convs:
+            side = (side - 3) // conv.stride[0] + 1
+        self.linear = nn.Linear(32 * side * side, zs_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = obs / 255.0 - 0.5
+        for conv in self.convs:
+            x = F.elu(conv(x))
+        return ln_act(self.linear(x.flatten(1)), F.elu)
+
+
+class Encoder(nn.Module):
+    """f (state encoder), g (state-action encoder) and the latent model head on zsa."""
+
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, zs_dim: int, zsa_dim: int,
+                 za_dim: int, hidden_dim: int, num_bins: int, pixels: bool):
+        super().__init__()
+        if pixels:
+            self.state_encoder = PixelStateEncoder(obs_shape[0], zs_dim, obs_shape[-1])
+        else:
+            self.state_encoder = VectorStateEncoder(obs_shape[0], zs_dim, hidden_dim)
+        self.action_encoder = nn.Linear(action_dim, za_dim)
+        self.state_action_encoder = MLP(zs_dim + za_dim, zsa_dim, hidden_dim, F.elu)
+        self.model = nn.Linear(zsa_dim, 1 + zs_dim + num_bins)
+        self.zs_dim = zs_dim
+        self.apply(init_weights)
+
+    def f(self, obs: Tensor) -> Tensor:
+        """zs = f(s)."""
+        return self.state_encoder(obs)
+
+    def g(self, zs: Tensor, action: Tensor) -> Tensor:
+        """zsa = g(zs, a): linear output, no norm, no activation."""
+        za = F.elu(self.action_encoder(action))
+        return self.state_action_encoder(torch.cat([zs, za], dim=-1))
+
+    def predict(self, zsa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The latent model: (done (..., 1), next zs (..., zs_dim), reward logits (..., bins))."""
+        out = self.model(zsa)
+        return out[..., :1], out[..., 1 : 1 + self.zs_dim], out[..., 1 + self.zs_dim :]
+
+
+class Policy(nn.Module):
+    """pi(zs): an MLP with ReLU and layer norm; tanh for continuous actions, logits for discrete."""
+
+    def __init__(self, zs_dim: int, action_dim: int, hidden_dim: int, discrete: bool, gumbel_tau: float):
+        super().__init__()
+        self.mlp = MLP(zs_dim, action_dim, hidden_dim, F.relu)
+        self.discrete, self.gumbel_tau = discrete, gumbel_tau
+        self.apply(init_weights)
+
+    def forward(self, zs: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (action fed to g, pre-activation). Discrete: a soft Gumbel-softmax sample."""
+        pre = self.mlp(zs)
+        if self.discrete:
+            return F.gumbel_softmax(pre, tau=self.gumbel_tau), pre
+        return torch.tanh(pre), pre
+
+
+class Value(nn.Module):
+    """Two independent Q heads on zsa: Linear(ln_act_elu(MLP_elu(zsa))). Output (B, 2)."""
+
+    def __init__(self, zsa_dim: int, hidden_dim: int):
+        super().__init__()
+        self.q1 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
+        self.q2 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
+        self.out1 = nn.Linear(hidden_dim, 1)
+        self.out2 = nn.Linear(hidden_dim, 1)
+        self.apply(init_weights)
+
+    def forward(self, zsa: Tensor) -> Tensor:
+        q1 = self.out1(ln_act(self.q1(zsa), F.elu))
+        q2 = self.out2(ln_act(self.q2(zsa), F.elu))
+        return torch.cat([q1, q2], dim=-1)

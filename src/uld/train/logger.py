@@ -1,0 +1,75 @@
+"""What a run writes while it trains: eval.csv, TensorBoard scalars and a progress bar."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+EVAL_COLUMNS = ("step", "mean_return", "returns", "wall_seconds")
+
+
+def read_eval_csv(path: str | Path) -> list[dict]:
+    """Rows of an eval.csv as dicts: step (int), mean_return (float), returns (list), wall_seconds."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({
+                "step": int(row["step"]),
+                "mean_return": float(row["mean_return"]),
+                "returns": [float(x) for x in row["returns"].split(";") if x],
+                "wall_seconds": float(row["wall_seconds"]),
+            })
+    return rows
+
+
+class Logger:
+    """Appends evaluations to <run>/eval.csv and scalars to TensorBoard under <run>/tb."""
+
+    def __init__(self, run_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True):
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
+
+        self.run_dir = Path(run_dir)
+        self.eval_path = self.run_dir / "eval.csv"
+        if not self.eval_path.exists():
+            with open(self.eval_path, "w", newline="") as f:
+                csv.writer(f).writerow(EVAL_COLUMNS)
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step or None)
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
+                        dynamic_ncols=True, mininterval=1.0)
+        self.last_episode_return = math.nan
+        self.last_eval = math.nan
+
+    def step(self, n: int = 1) -> None:
+        """Advance the progress bar by n agent steps."""
+        self.bar.update(n)
+
+    def episode(self, step: int, episode_return: float, length: int) -> None:
+        self.last_episode_return = episode_return
+        self.writer.add_scalar("train/episode_return", episode_return, step)
+        self.writer.add_scalar("train/episode_length", length, step)
+        self._postfix()
+
+    def evaluation(self, step: int, returns: list[float], wall_seconds: float) -> None:
+        mean = sum(returns) / len(returns)
+        self.last_eval = mean
+        with open(self.eval_path, "a", newline="") as f:
+            csv.writer(f).writerow([step, repr(mean), ";".join(repr(r) for r in returns), f"{wall_seconds:.1f}"])
+        self.writer.add_scalar("eval/mean_return", mean, step)
+        self.writer.add_scalar("eval/wall_seconds", wall_seconds, step)
+        self.writer.flush()
+        self._postfix()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(episode_return=f"{self.last_episode_return:.1f}", eval=f"{self.last_eval:.1f}",
+                             refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
