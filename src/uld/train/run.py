@@ -7,6 +7,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ class TrainConfig:
     """Run directory (default: runs/uld/<env>/seed<seed>)."""
     device: str = "auto"
     """Torch device: auto (cuda when available), cpu or cuda[:N]."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of the training step: fp32, or bf16 autocast (fast on CPUs with AMX and on GPUs)."""
     threads: int | None = None
     """Torch CPU threads (default: torch's choice, one per core)."""
     progress: bool = True
@@ -99,7 +102,7 @@ def train(config: TrainConfig) -> Path:
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     seed_everything(cfg.seed)
-    agent = ULDAgent(env.spec, cfg.uld, device=device)
+    agent = ULDAgent(env.spec, cfg.uld, device=device, precision=cfg.precision)
     buffer = ReplayBuffer(env.spec.obs_shape, env.spec.action_dim, cfg.uld.buffer_capacity, cfg.uld.horizon, prioritized=cfg.uld.prioritized, alpha=cfg.uld.alpha,
                           min_priority=cfg.uld.min_priority, seed=cfg.seed,
                           obs_dtype=np.uint8 if env.spec.pixels else np.float32)

@@ -38,8 +38,12 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
 class ULDAgent:
     """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings."""
 
-    def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu"):
+    def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.spec = spec
+        self.precision = precision
         self.config = config.for_discrete() if spec.discrete else config
         self.device = torch.device(device)
         cfg = self.config
@@ -77,8 +81,16 @@ class ULDAgent:
 
     # ---- learning -----------------------------------------------------------------------------
 
+    def _autocast(self):
+        """bf16 autocast for the matmuls when asked for (losses and optimizer states stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         """One training iteration: maybe a target copy and encoder burst, then value and policy."""
+        with self._autocast():
+            return self._update(buffer)
+
+    def _update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
         self.training_step += 1
         metrics: dict[str, Tensor] = {}

@@ -77,11 +77,11 @@ def encoder_loss(
     dynamics = reward_ce = done_mse = zs.new_zeros(())
     for i in range(action.shape[1]):
         done_pred, zs, reward_logits = encoder.predict(encoder.g(zs, action[:, i]))
-        dynamics = dynamics + (mask * (zs - target_zs[:, i]).pow(2).mean(-1)).mean()
+        dynamics = dynamics + (mask * (zs.float() - target_zs[:, i].float()).pow(2).mean(-1)).mean()
         target_dist = two_hot(reward[:, i], bins)
-        ce = -(target_dist * F.log_softmax(reward_logits, dim=-1)).sum(-1)
+        ce = -(target_dist * F.log_softmax(reward_logits.float(), dim=-1)).sum(-1)
         reward_ce = reward_ce + (mask * ce).mean()
-        done_mse = done_mse + (mask * (done_pred.squeeze(-1) - terminated[:, i]).pow(2)).mean()
+        done_mse = done_mse + (mask * (done_pred.squeeze(-1).float() - terminated[:, i]).pow(2)).mean()
         mask = mask * (1.0 - terminated[:, i])
     loss = dynamics_weight * dynamics + reward_weight * reward_ce
     if use_done:
@@ -110,7 +110,7 @@ def critic_target(
 
 def critic_loss(value: Value, zsa: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Metrics]:
     """Huber loss of both Q heads against y (spec: Losses, Critic). Returns (loss, |Q - y| max over heads, metrics)."""
-    q = value(zsa)
+    q = value(zsa).float()
     loss = F.smooth_l1_loss(q, y.expand_as(q))
     td_error = (q.detach() - y).abs().max(dim=-1).values
     return loss, td_error, {
@@ -127,7 +127,7 @@ def actor_loss(
 ) -> tuple[Tensor, Metrics]:
     """-mean Q(g(zs, pi(zs))) over batch and both heads + weight * mean(pre^2) (spec: Losses, Actor)."""
     action, pre = policy(zs)
-    q = value(encoder.g(zs, action))
-    penalty = pre.pow(2).mean()
+    q = value(encoder.g(zs, action)).float()
+    penalty = pre.float().pow(2).mean()
     loss = -q.mean() + pre_activation_weight * penalty
     return loss, {"actor/loss": loss.detach(), "actor/pre_activation": penalty.detach()}

@@ -1,0 +1,115 @@
+"""Train the full-size agent on given tasks and seeds, then compare its evaluation curve with MR.Q's.
+
+    python benchmarks/learning.py --envs dmc:cartpole-balance dmc:cheetah-run --seeds 0 --steps 30000
+
+Each (env, seed) is trained by `uld train` in its own process (runs in parallel get one torch thread
+each, since two 2-thread processes on a 2-core CPU slow matmuls by an order of magnitude). Existing
+run directories that already reached --steps are not retrained, so the comparison can be re-printed
+with the same command. The reference is ../shared/reference/mrq (10 seeds per task, evaluations every
+5,000 steps): for each evaluation step the table shows our mean over seeds next to the reference
+mean, standard deviation and min-max, and where ours falls among the reference seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from uld.train.logger import read_eval_csv
+
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mrq"
+
+
+def reference_name(env: str) -> str:
+    """uld env name -> the reference files' name (dmc:cheetah-run -> Dmc-cheetah-run)."""
+    domain, _, rest = env.partition(":")
+    prefix = {"gym": "Gym-", "dmc": "Dmc-", "dmc-pixels": "Dmc-visual-", "atari": "Atari-"}[domain]
+    return prefix + rest + ("-v5" if domain == "atari" else "")
+
+
+def load_reference(directory: Path) -> dict[str, dict[int, list[float]]]:
+    """env -> step -> returns over seeds, from every tidy CSV in the directory."""
+    table: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(directory.glob("*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                table[row["env"]][int(row["step"])].append(float(row["return"]))
+    return table
+
+
+def run_dir(out: Path, env: str, seed: int) -> Path:
+    return out / env.replace(":", "_") / f"seed{seed}"
+
+
+def finished(path: Path, steps: int) -> bool:
+    return (path / "eval.csv").exists() and any(r["step"] >= steps for r in read_eval_csv(path / "eval.csv"))
+
+
+def train_all(envs: list[str], seeds: list[int], steps: int, out: Path, parallel: int, extra: list[str]) -> None:
+    jobs = [(env, seed) for env in envs for seed in seeds if not finished(run_dir(out, env, seed), steps)]
+    threads = "1" if parallel > 1 else str(os.cpu_count() or 1)
+    running: list[subprocess.Popen] = []
+    for env, seed in jobs:
+        while len(running) >= parallel:
+            running.pop(0).wait()
+        path = run_dir(out, env, seed)
+        (path / "eval.csv").unlink(missing_ok=True)  # an unfinished run starts over
+        path.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "uld.cli", "train", "--env", env, "--seed", str(seed), "--steps", str(steps),
+                   "--out", str(path), "--no-progress", *extra]
+        print("running:", " ".join(command), flush=True)
+        log = open(path / "train.log", "w")
+        running.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "OMP_NUM_THREADS": threads}))
+    for process in running:
+        process.wait()
+
+
+def compare(envs: list[str], seeds: list[int], out: Path, reference: Path) -> str:
+    ref = load_reference(reference)
+    lines = ["| env | step | ours (mean over seeds) | ours per seed | ref mean | ref std | ref min | ref max | ref seeds below ours |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for env in envs:
+        ours: dict[int, list[float]] = defaultdict(list)
+        for seed in seeds:
+            path = run_dir(out, env, seed) / "eval.csv"
+            if path.exists():
+                for row in read_eval_csv(path):
+                    ours[row["step"]].append(row["mean_return"])
+        ref_env = ref.get(reference_name(env), {})
+        for step in sorted(ours):
+            mine = statistics.fmean(ours[step])
+            theirs = ref_env.get(step)
+            if theirs:
+                below = sum(r < mine for r in theirs)
+                lines.append(f"| {env} | {step} | {mine:.1f} | {' / '.join(f'{x:.1f}' for x in ours[step])} | "
+                             f"{statistics.fmean(theirs):.1f} | {statistics.pstdev(theirs):.1f} | {min(theirs):.1f} | "
+                             f"{max(theirs):.1f} | {below}/{len(theirs)} |")
+            else:
+                lines.append(f"| {env} | {step} | {mine:.1f} | {' / '.join(f'{x:.1f}' for x in ours[step])} | – | – | – | – | – |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=["dmc:cartpole-balance", "dmc:cheetah-run"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=30_000)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmark-learning"))
+    parser.add_argument("--parallel", type=int, default=2, help="training processes at once")
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    parser.add_argument("--compare-only", action="store_true", help="print the table from existing runs")
+    args, extra = parser.parse_known_args()
+    if not args.compare_only:
+        train_all(args.envs, args.seeds, args.steps, args.out, args.parallel, extra)
+    print(compare(args.envs, args.seeds, args.out, args.reference))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""dm_control suite tasks with proprioceptive observations (spec/ULD.md, "Domains": DMC).
+
+Protocol: action repeat 2 with rewards summed, 500 agent steps per episode (= 1000 env steps,
+dm_control's own time limit), all observation entries flattened and concatenated in order as
+float32, actions in [-1, 1] mapped onto the action spec's bounds, task seeded with the run seed.
+dm_control is imported only when an env is made, so ``import uld`` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uld.envs.base import Env, EnvSpec
+from uld.envs.gym import RENDER_HELP, unit_to_bounds
+from uld.errors import UldError
+
+if TYPE_CHECKING:
+    from dm_control.rl.control import Environment
+
+ACTION_REPEAT = 2
+"""Env steps per agent step (spec: DMC protocol, action repeat 2)."""
+
+MAX_EPISODE_STEPS = 500
+"""Agent steps per episode (spec: DMC protocol); also caps tasks without a time limit (LQR)."""
+
+DMC_SUITE_28 = (
+    "acrobot-swingup",
+    "ball_in_cup-catch",
+    "cartpole-balance",
+    "cartpole-balance_sparse",
+    "cartpole-swingup",
+    "cartpole-swingup_sparse",
+    "cheetah-run",
+    "dog-run",
+    "dog-stand",
+    "dog-trot",
+    "dog-walk",
+    "finger-spin",
+    "finger-turn_easy",
+    "finger-turn_hard",
+    "fish-swim",
+    "hopper-hop",
+    "hopper-stand",
+    "humanoid-run",
+    "humanoid-stand",
+    "humanoid-walk",
+    "pendulum-swingup",
+    "quadruped-run",
+    "quadruped-walk",
+    "reacher-easy",
+    "reacher-hard",
+    "walker-run",
+    "walker-stand",
+    "walker-walk",
+)
+"""The 28 tasks of the DMC benchmark (spec: "Domains", DMC), as ``domain-task`` names."""
+
+_CAMERA_BY_DOMAIN = {"quadruped": 2}
+"""Render camera per domain, 0 otherwise (spec: DMC visual protocol)."""
+
+_GL_AT_RESET = {"dmc:quadruped-escape"}
+"""Tasks whose reset opens an OpenGL context (dm_control uploads the new terrain to the renderer)."""
+
+
+def list_dmc_tasks() -> list[str]:
+    """Every dm_control suite task as a ``domain-task`` name, in the suite's order."""
+    from dm_control import suite
+
+    return [f"{domain}-{task}" for domain, task in suite.ALL_TASKS]
+
+
+def _flatten(observation: dict[str, Any]) -> np.ndarray:
+    """All observation entries raveled and concatenated in order, as one float32 vector."""
+    return np.concatenate([np.ravel(value) for value in observation.values()], dtype=np.float32)
+
+
+def _concatenate(observation: dict[str, Any]) -> np.ndarray:
+    """``_flatten`` for tasks whose entries are all vectors already: skips the ravels (1 us a step)."""
+    return np.concatenate(list(observation.values()), dtype=np.float32)
+
+
+class DmcEnv:
+    """A dm_control suite task behind uld's Env interface (see uld.envs.base.Env)."""
+
+    def __init__(self, name: str, env: Environment, seed: int, camera_id: int) -> None:
+        self._env = env
+        self._camera_id = camera_id
+        self._rng = np.random.default_rng(seed)
+        self._steps = 0
+        action_spec = env.action_spec()
+        self._action_map = unit_to_bounds(action_spec.minimum, action_spec.maximum)
+        obs_specs = env.observation_spec().values()
+        obs_dim = sum(int(np.prod(spec.shape)) for spec in obs_specs)
+        self._flatten = _concatenate if all(len(spec.shape) == 1 for spec in obs_specs) else _flatten
+        self.spec = EnvSpec(
+            name=f"dmc:{name}",
+            obs_shape=(obs_dim,),
+            action_dim=int(action_spec.shape[0]),
+            discrete=False,
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )
+
+    def reset(self) -> np.ndarray:
+        """Start an episode; initial states come from the task's RNG, seeded once at creation."""
+        self._steps = 0
+        try:
+            time_step = self._env.reset()
+        except Exception as err:  # noqa: BLE001 - every OpenGL backend fails with its own type
+            if self.spec.name not in _GL_AT_RESET:
+                raise
+            raise UldError(f"{self.spec.name} needs OpenGL even without rendering ({err}); {RENDER_HELP}.") from err
+        return self._flatten(time_step.observation)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply an action in [-1, 1]^A for ACTION_REPEAT env steps; rewards are summed.
+
+        dm_control ends every episode by its time limit, which is a truncation; ``terminated`` is
+        True only when the task ends the episode with discount 0.
+        """
+        if self._action_map is not None:
+            action = action * self._action_map[0] + self._action_map[1]
+        reward = 0.0
+        for _ in range(ACTION_REPEAT):
+            time_step = self._env.step(action)
+            reward += time_step.reward
+            if time_step.last():
+                break
+        self._steps += 1
+        terminated = bool(time_step.last() and time_step.discount == 0.0)
+        truncated = not terminated and (time_step.last() or self._steps >= MAX_EPISODE_STEPS)
+        return self._flatten(time_step.observation), float(reward), terminated, truncated, {}
+
+    def sample_action(self) -> np.ndarray:
+        """A uniform action in [-1, 1]^A from the generator seeded with the env's seed."""
+        return self._rng.uniform(-1.0, 1.0, size=self.spec.action_dim).astype(np.float32)
+
+    def render(self, height: int = 84, width: int = 84, camera_id: int | None = None) -> np.ndarray:
+        """The current frame as a (height, width, 3) uint8 array; camera 0 (quadruped: 2) by default."""
+        camera_id = self._camera_id if camera_id is None else camera_id
+        try:
+            return self._env.physics.render(height, width, camera_id=camera_id)
+        except Exception as err:  # noqa: BLE001 - every OpenGL backend fails with its own type
+            raise UldError(f"{self.spec.name} could not render ({err}); {RENDER_HELP}.") from err
+
+    def close(self) -> None:
+        """Release the physics (and its renderer)."""
+        self._env.close()
+
+
+def make_dmc_env(domain: str, task: str, seed: int) -> Env:
+    """Make the dm_control suite task ``domain``-``task`` (e.g. "cheetah", "run") with the DMC protocol.
+
+    Raises UldError, naming the closest suite tasks, when the task does not exist.
+    """
+    from dm_control import suite
+
+    if (domain, task) not in suite.ALL_TASKS:
+        name, names = f"{domain}-{task}", list_dmc_tasks()
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join('dmc:' + c for c in close)}?" if close else "see uld.envs.list_dmc_tasks()."
+        raise UldError(f"Unknown dm_control task '{name}'; {hint}")
+    env = suite.load(domain, task, task_kwargs={"random": seed})
+    return DmcEnv(f"{domain}-{task}", env, seed, camera_id=_CAMERA_BY_DOMAIN.get(domain, 0))

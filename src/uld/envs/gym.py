@@ -1,0 +1,153 @@
+"""Gymnasium envs with vector observations and continuous actions (spec/ULD.md, "Domains": Gym).
+
+Protocol: no preprocessing, the env's registered time limit (1000 steps for the MuJoCo locomotion
+tasks). The only changes uld makes are its conventions: actions in [-1, 1] mapped affinely onto the
+env's bounds, and float32 observations.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uld.envs.base import Env, EnvSpec
+from uld.errors import UldError
+
+if TYPE_CHECKING:
+    import gymnasium
+
+UNBOUNDED = 1e6
+"""Bounds at or beyond this magnitude mean "no bound" (dm_control's LQR declares ±1e10)."""
+
+DEFAULT_TIME_LIMIT = 1000
+"""Episode cap for an env registered without one (spec: Gym protocol, time limit 1000)."""
+
+RENDER_HELP = (
+    "set MUJOCO_GL=egl (needs libEGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa "
+    "(needs apt install libosmesa6) before starting Python"
+)
+"""What to do when MuJoCo cannot open an OpenGL context (headless machines)."""
+
+
+def unit_to_bounds(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Scale and offset of the affine map from [-1, 1] onto [low, high]: ``a * scale + offset``.
+
+    -1 maps to ``low``, 1 to ``high``, 0 to the midpoint. A dimension whose bound is infinite or at
+    least ``UNBOUNDED`` in magnitude passes through unchanged. Returns None when the whole map is the
+    identity, so callers can skip it.
+    """
+    low = np.asarray(low, dtype=np.float64)
+    high = np.asarray(high, dtype=np.float64)
+    unbounded = ~(np.isfinite(low) & np.isfinite(high)) | (np.abs(low) >= UNBOUNDED) | (np.abs(high) >= UNBOUNDED)
+    low, high = np.where(unbounded, -1.0, low), np.where(unbounded, 1.0, high)
+    scale, offset = (high - low) / 2.0, (high + low) / 2.0
+    if np.all(scale == 1.0) and np.all(offset == 0.0):
+        return None
+    return scale, offset
+
+
+def _check_supported(env_id: str, env: gymnasium.Env) -> None:
+    """Refuse spaces this env type does not handle yet (one place, so a later issue can lift it)."""
+    from gymnasium import spaces
+
+    action_space, obs_space = env.action_space, env.observation_space
+    if isinstance(action_space, spaces.Discrete):
+        raise UldError(
+            f"gym:{env_id} has a Discrete action space; discrete actions arrive with the pixels/discrete "
+            "issue, so for now choose an env with a continuous (Box) action space such as gym:Pendulum-v1."
+        )
+    if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
+        raise UldError(
+            f"gym:{env_id} has a {type(action_space).__name__} action space; uld supports only flat "
+            "continuous (Box) action spaces, such as gym:HalfCheetah-v5."
+        )
+    if isinstance(obs_space, spaces.Box) and (len(obs_space.shape) >= 2 or obs_space.dtype == np.uint8):
+        raise UldError(
+            f"gym:{env_id} has image observations of shape {obs_space.shape}; pixel observations arrive with "
+            "the pixels/discrete issue, so for now choose an env with vector observations."
+        )
+    if not isinstance(obs_space, spaces.Box):
+        raise UldError(
+            f"gym:{env_id} has a {type(obs_space).__name__} observation space; uld supports only flat vector "
+            "(Box) observations, such as those of gym:HalfCheetah-v5."
+        )
+
+
+class GymEnv:
+    """A Gymnasium env behind uld's Env interface (see uld.envs.base.Env)."""
+
+    def __init__(self, env_id: str, env: gymnasium.Env, seed: int, max_episode_steps: int) -> None:
+        self._env = env
+        self._seed: int | None = seed
+        self._rng = np.random.default_rng(seed)
+        self._action_map = unit_to_bounds(env.action_space.low, env.action_space.high)
+        action_dim = env.action_space.shape[0]
+        self.spec = EnvSpec(
+            name=f"gym:{env_id}",
+            obs_shape=tuple(env.observation_space.shape),
+            action_dim=action_dim,
+            discrete=False,
+            max_episode_steps=max_episode_steps,
+        )
+
+    def reset(self) -> np.ndarray:
+        """Start an episode; the first reset seeds the env, later ones continue its RNG."""
+        obs, _ = self._env.reset(seed=self._seed)
+        self._seed = None
+        return obs.astype(np.float32, copy=False)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply an action in [-1, 1]^A; return (obs, reward, terminated, truncated, info)."""
+        if self._action_map is not None:
+            action = action * self._action_map[0] + self._action_map[1]
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        return obs.astype(np.float32, copy=False), float(reward), bool(terminated), bool(truncated), info
+
+    def sample_action(self) -> np.ndarray:
+        """A uniform action in [-1, 1]^A from the generator seeded with the env's seed."""
+        return self._rng.uniform(-1.0, 1.0, size=self.spec.action_dim).astype(np.float32)
+
+    def render(self) -> np.ndarray:
+        """The current frame as an (H, W, 3) uint8 array, at the env's default render size."""
+        from gymnasium.error import DependencyNotInstalled
+
+        try:
+            frame = self._env.render()
+        except DependencyNotInstalled as err:  # a non-MuJoCo env's renderer (pygame) is missing
+            raise UldError(f"{self.spec.name} could not render: {err}.") from err
+        except Exception as err:  # noqa: BLE001 - every OpenGL backend fails with its own type
+            raise UldError(f"{self.spec.name} could not render ({err}); {RENDER_HELP}.") from err
+        return np.asarray(frame)
+
+    def close(self) -> None:
+        """Release the env and its renderer."""
+        self._env.close()
+
+
+def make_gym_env(env_id: str, seed: int) -> Env:
+    """Make the registered Gymnasium env ``env_id`` (e.g. "HalfCheetah-v5") with uld's conventions.
+
+    Raises UldError, naming the closest registered ids, when ``env_id`` is unknown; and when the
+    env has discrete actions or image observations, which this env type does not support yet.
+    """
+    import gymnasium
+
+    if env_id not in gymnasium.registry:
+        close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)
+        hint = f"did you mean {', '.join('gym:' + c for c in close)}?" if close else "see gymnasium.registry."
+        raise UldError(f"Unknown Gymnasium env id '{env_id}'; {hint}")
+    registered_limit = gymnasium.registry[env_id].max_episode_steps
+    max_episode_steps = registered_limit if registered_limit is not None else DEFAULT_TIME_LIMIT
+    try:
+        # rgb_array costs nothing per step: Gymnasium only opens its renderer on the first render().
+        env = gymnasium.make(env_id, render_mode="rgb_array", max_episode_steps=max_episode_steps)
+    except (ImportError, gymnasium.error.Error) as err:
+        raise UldError(f"gym:{env_id} cannot be created here: {err}") from err
+    try:
+        _check_supported(env_id, env)
+    except UldError:
+        env.close()
+        raise
+    return GymEnv(env_id, env, seed, max_episode_steps)
