@@ -1,0 +1,19 @@
+"""Agents by name. Each agent package provides its config dataclass, the agent, and its replay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uld.envs.base import EnvSpec
+
+AGENT_NAMES = ("uld",)
+
+
+def build_agent(name: str, spec: EnvSpec, config: Any, *, device, precision: str, seed: int,
+                total_steps: int) -> tuple[Any, Any]:
+    """Make the named agent and the replay buffer it learns from."""
+    if name == "uld":
+        from uld.agents.uld.agent import ULDAgent, make_buffer
+
+        return ULDAgent(spec, config, device=device, precision=precision), make_buffer(spec, config, seed)
+    raise ValueError(f"unknown agent {name!r}; the agents are {', '.join(AGENT_NAMES)}")

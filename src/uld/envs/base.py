@@ -48,6 +48,16 @@ class Env(Protocol):
         """A uniformly random action (in [-1, 1] or an index), drawn from the env's seeded RNG."""
         ...
 
+    def rng_state(self) -> dict[str, Any]:
+        """Every random state the env draws from (reset noise, sticky actions, sample_action), as plain
+        data (numbers, strings, lists, numpy arrays) that a checkpoint can store without pickling."""
+        ...
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what rng_state returned. Together with replaying an episode's actions from its
+        reset, this reproduces the env's state exactly (how checkpoints resume mid-episode)."""
+        ...
+
     def render(self) -> np.ndarray:
         """An RGB frame (H, W, 3) uint8 of the current state, for videos."""
         ...

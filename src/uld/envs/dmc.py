@@ -137,6 +137,20 @@ class DmcEnv:
         """A uniform action in [-1, 1]^A from the generator seeded with the env's seed."""
         return self._rng.uniform(-1.0, 1.0, size=self.spec.action_dim).astype(np.float32)
 
+    def rng_state(self) -> dict[str, Any]:
+        """The task's RandomState (initial states, noise) and the sample_action generator, as plain data."""
+        kind, keys, pos, has_gauss, cached = self._env.task.random.get_state()
+        return {"task": {"kind": kind, "keys": keys, "pos": int(pos), "has_gauss": int(has_gauss),
+                         "cached_gaussian": float(cached)},
+                "sample": self._rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what rng_state returned."""
+        task = state["task"]
+        self._env.task.random.set_state((task["kind"], np.asarray(task["keys"], dtype=np.uint32), task["pos"],
+                                         task["has_gauss"], task["cached_gaussian"]))
+        self._rng.bit_generator.state = state["sample"]
+
     def render(self, height: int = 84, width: int = 84, camera_id: int | None = None) -> np.ndarray:
         """The current frame as a (height, width, 3) uint8 array; camera 0 (quadruped: 2) by default."""
         camera_id = self._camera_id if camera_id is None else camera_id

@@ -109,6 +109,20 @@ class GymEnv:
         """A uniform action in [-1, 1]^A from the generator seeded with the env's seed."""
         return self._rng.uniform(-1.0, 1.0, size=self.spec.action_dim).astype(np.float32)
 
+    def rng_state(self) -> dict[str, Any]:
+        """The env's reset RNG (once seeded) and the sample_action generator, as plain data."""
+        state: dict[str, Any] = {"pending_seed": self._seed, "sample": self._rng.bit_generator.state}
+        if self._seed is None:
+            state["env"] = self._env.unwrapped.np_random.bit_generator.state
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what rng_state returned."""
+        self._seed = state["pending_seed"]
+        self._rng.bit_generator.state = state["sample"]
+        if "env" in state:
+            self._env.unwrapped.np_random.bit_generator.state = state["env"]
+
     def render(self) -> np.ndarray:
         """The current frame as an (H, W, 3) uint8 array, at the env's default render size."""
         from gymnasium.error import DependencyNotInstalled

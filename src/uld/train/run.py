@@ -12,12 +12,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from uld.agents.uld.agent import ULDAgent
+from uld.agents import build_agent
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
 from uld.envs.protocol import protocol_for
 from uld.errors import UldError
-from uld.replay.buffer import ReplayBuffer
 from uld.train.logger import Logger
 from uld.train.trainer import Trainer
 
@@ -26,6 +25,8 @@ from uld.train.trainer import Trainer
 class TrainConfig:
     """Train an agent on one env with one seed; budget and evaluation default to the env's protocol."""
 
+    agent: Literal["uld"] = "uld"
+    """Which agent to train; its hyperparameters are the --<agent>.* options."""
     env: str = "gym:Pendulum-v1"
     """Env name: gym:<Gymnasium id> or dmc:<domain>-<task>."""
     seed: int = 0
@@ -102,12 +103,11 @@ def train(config: TrainConfig) -> Path:
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     seed_everything(cfg.seed)
-    agent = ULDAgent(env.spec, cfg.uld, device=device, precision=cfg.precision)
-    buffer = ReplayBuffer(env.spec.obs_shape, env.spec.action_dim, cfg.uld.buffer_capacity, cfg.uld.horizon, prioritized=cfg.uld.prioritized, alpha=cfg.uld.alpha,
-                          min_priority=cfg.uld.min_priority, seed=cfg.seed,
-                          obs_dtype=np.uint8 if env.spec.pixels else np.float32)
+    agent_config = getattr(cfg, cfg.agent)
+    agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
+                                seed=cfg.seed, total_steps=cfg.steps)
     logger = Logger(run_dir, cfg.steps, progress=cfg.progress)
-    trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=cfg.uld.random_steps,
+    trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
                       eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every)
     try:
         trainer.train(cfg.steps)

@@ -190,3 +190,10 @@ class ULDAgent:
         self.training_step = int(counters["training_step"])
         self.reward_scale = float(counters["reward_scale"])
         self.target_reward_scale = float(counters["target_reward_scale"])
+
+
+def make_buffer(spec: EnvSpec, config: ULDConfig, seed: int) -> ReplayBuffer:
+    """The replay ULD learns from: LAP-prioritized H-step subsequences (spec: Replay buffer)."""
+    return ReplayBuffer(spec.obs_shape, spec.action_dim, config.buffer_capacity, config.horizon,
+                        prioritized=config.prioritized, alpha=config.alpha, min_priority=config.min_priority,
+                        seed=seed, obs_dtype=np.uint8 if spec.pixels else np.float32)
