@@ -6,7 +6,7 @@ from typing import Any
 
 from uld.envs.base import EnvSpec
 
-AGENT_NAMES = ("uld",)
+AGENT_NAMES = ("uld", "alm")
 
 
 def build_agent(name: str, spec: EnvSpec, config: Any, *, device, precision: str, seed: int,
@@ -16,4 +16,10 @@ def build_agent(name: str, spec: EnvSpec, config: Any, *, device, precision: str
         from uld.agents.uld.agent import ULDAgent, make_buffer
 
         return ULDAgent(spec, config, device=device, precision=precision), make_buffer(spec, config, seed)
+    if name == "alm":
+        from uld.agents.alm.agent import ALMAgent, make_buffer
+
+        # The agent refuses discrete actions and pixels before the buffer allocates anything.
+        agent = ALMAgent(spec, config, device=device, precision=precision)
+        return agent, make_buffer(spec, config, seed, total_steps)
     raise ValueError(f"unknown agent {name!r}; the agents are {', '.join(AGENT_NAMES)}")

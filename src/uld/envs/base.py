@@ -29,6 +29,8 @@ class EnvSpec:
     """Agent steps after which an episode is truncated."""
     pixels: bool = False
     """True when observations are uint8 images."""
+    frame_history: int = 1
+    """Pixel envs: frames per observation, stacked on the channel axis (obs_shape[0] = history x channels)."""
 
 
 class Env(Protocol):

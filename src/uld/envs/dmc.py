@@ -1,14 +1,18 @@
-"""dm_control suite tasks with proprioceptive observations (spec/ULD.md, "Domains": DMC).
+"""dm_control suite tasks, proprioceptive or from pixels (spec/ULD.md, "Domains": DMC, DMC visual).
 
 Protocol: action repeat 2 with rewards summed, 500 agent steps per episode (= 1000 env steps,
-dm_control's own time limit), all observation entries flattened and concatenated in order as
-float32, actions in [-1, 1] mapped onto the action spec's bounds, task seeded with the run seed.
+dm_control's own time limit), actions in [-1, 1] mapped onto the action spec's bounds, task seeded
+with the run seed. Observations: ``dmc:`` flattens all observation entries, in order, into one
+float32 vector; ``dmc-pixels:`` renders an 84x84 RGB frame after every agent step (camera 0,
+quadruped camera 2) and returns the last 3 frames stacked channel-first, (9, 84, 84) uint8.
 dm_control is imported only when an env is made, so ``import uld`` stays fast.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,15 +65,61 @@ DMC_SUITE_28 = (
 _CAMERA_BY_DOMAIN = {"quadruped": 2}
 """Render camera per domain, 0 otherwise (spec: DMC visual protocol)."""
 
+PIXEL_SIZE = 84
+"""Side of the rendered square frame (spec: DMC visual protocol, 84x84 RGB)."""
+
+PIXEL_HISTORY = 3
+"""Frames per pixel observation (spec: DMC visual protocol, 3-frame history)."""
+
 _GL_AT_RESET = {"dmc:quadruped-escape"}
 """Tasks whose reset opens an OpenGL context (dm_control uploads the new terrain to the renderer)."""
 
 
+def _import_suite():
+    """``dm_control.suite``; a MUJOCO_GL backend that cannot load becomes a UldError saying what to set."""
+    try:
+        from dm_control import suite
+    except ModuleNotFoundError as err:
+        if err.name is not None and err.name.split(".")[0] == "dm_control":
+            raise
+        raise UldError(f"dm_control could not load its OpenGL backend MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
+                       f"({err}); {RENDER_HELP}.") from err
+    except (ImportError, AttributeError, RuntimeError, OSError) as err:  # PyOpenGL fails in several ways
+        raise UldError(f"dm_control could not load its OpenGL backend MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
+                       f"({err}); {RENDER_HELP}.") from err
+    return suite
+
+
 def list_dmc_tasks() -> list[str]:
     """Every dm_control suite task as a ``domain-task`` name, in the suite's order."""
-    from dm_control import suite
+    return [f"{domain}-{task}" for domain, task in _import_suite().ALL_TASKS]
 
-    return [f"{domain}-{task}" for domain, task in suite.ALL_TASKS]
+
+class FrameHistory:
+    """The last ``length`` frames of an episode as one channel-first uint8 stack, oldest frame first.
+
+    A (C, H, W) frame pushed onto a history of length h gives an (h * C, H, W) observation. At reset
+    the first frame fills every position (spec: DMC visual and Atari, first frame repeated at
+    reset), which is also what uld.replay.frames.FrameStackBuffer rebuilds from stored frames.
+    """
+
+    def __init__(self, length: int, frame_shape: tuple[int, int, int]) -> None:
+        self._frames = np.zeros((length, *frame_shape), dtype=np.uint8)
+
+    def reset(self, frame: np.ndarray) -> np.ndarray:
+        """Start a new episode with ``frame``; return the stack of ``length`` copies of it."""
+        self._frames[:] = frame
+        return self._stack()
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        """Drop the oldest frame, append ``frame``, return the new stack."""
+        self._frames[:-1] = self._frames[1:]
+        self._frames[-1] = frame
+        return self._stack()
+
+    def _stack(self) -> np.ndarray:
+        # A copy: the caller keeps the observation while the history moves on.
+        return self._frames.reshape(-1, *self._frames.shape[2:]).copy()
 
 
 def _flatten(observation: dict[str, Any]) -> np.ndarray:
@@ -164,17 +214,55 @@ class DmcEnv:
         self._env.close()
 
 
-def make_dmc_env(domain: str, task: str, seed: int) -> Env:
+class DmcPixelEnv(DmcEnv):
+    """A dm_control task seen through its camera: (9, 84, 84) uint8 stacks of the last 3 RGB frames.
+
+    One frame is rendered per agent step, after both repeated env steps (spec: DMC visual protocol).
+    The RNG state is the task's and sample_action's, as for DmcEnv: rendering draws no random numbers.
+    """
+
+    def __init__(self, name: str, env: Environment, seed: int, camera_id: int) -> None:
+        super().__init__(name, env, seed, camera_id)
+        self._history = FrameHistory(PIXEL_HISTORY, (3, PIXEL_SIZE, PIXEL_SIZE))
+        self.spec = replace(self.spec, name=f"dmc-pixels:{name}", obs_shape=(3 * PIXEL_HISTORY, PIXEL_SIZE, PIXEL_SIZE),
+                            pixels=True, frame_history=PIXEL_HISTORY)
+
+    def _frame(self) -> np.ndarray:
+        return self.render(PIXEL_SIZE, PIXEL_SIZE).transpose(2, 0, 1)
+
+    def reset(self) -> np.ndarray:
+        """Start an episode; its first frame fills the whole history."""
+        super().reset()
+        return self._history.reset(self._frame())
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """DmcEnv.step, then render the new frame onto the history."""
+        _, reward, terminated, truncated, info = super().step(action)
+        return self._history.push(self._frame()), reward, terminated, truncated, info
+
+
+def make_dmc_env(domain: str, task: str, seed: int, pixels: bool = False) -> Env:
     """Make the dm_control suite task ``domain``-``task`` (e.g. "cheetah", "run") with the DMC protocol.
 
+    ``pixels`` selects the DMC visual protocol; the renderer is tried once here, so a machine that
+    cannot render fails now, with a UldError naming the MUJOCO_GL setting, not at the first reset.
     Raises UldError, naming the closest suite tasks, when the task does not exist.
     """
-    from dm_control import suite
-
+    suite = _import_suite()
+    prefix = "dmc-pixels" if pixels else "dmc"
     if (domain, task) not in suite.ALL_TASKS:
         name, names = f"{domain}-{task}", list_dmc_tasks()
         close = difflib.get_close_matches(name, names, n=3)
-        hint = f"did you mean {', '.join('dmc:' + c for c in close)}?" if close else "see uld.envs.list_dmc_tasks()."
+        hint = f"did you mean {', '.join(f'{prefix}:' + c for c in close)}?" if close else "see uld.envs.list_dmc_tasks()."
         raise UldError(f"Unknown dm_control task '{name}'; {hint}")
     env = suite.load(domain, task, task_kwargs={"random": seed})
-    return DmcEnv(f"{domain}-{task}", env, seed, camera_id=_CAMERA_BY_DOMAIN.get(domain, 0))
+    camera_id = _CAMERA_BY_DOMAIN.get(domain, 0)
+    if not pixels:
+        return DmcEnv(f"{domain}-{task}", env, seed, camera_id=camera_id)
+    pixel_env = DmcPixelEnv(f"{domain}-{task}", env, seed, camera_id=camera_id)
+    try:
+        pixel_env.render(PIXEL_SIZE, PIXEL_SIZE)
+    except UldError:
+        pixel_env.close()
+        raise
+    return pixel_env

@@ -1,8 +1,8 @@
-"""Gymnasium envs with vector observations and continuous actions (spec/ULD.md, "Domains": Gym).
+"""Gymnasium envs with vector observations, continuous or discrete actions (spec/ULD.md, "Domains": Gym).
 
 Protocol: no preprocessing, the env's registered time limit (1000 steps for the MuJoCo locomotion
-tasks). The only changes uld makes are its conventions: actions in [-1, 1] mapped affinely onto the
-env's bounds, and float32 observations.
+tasks). The only changes uld makes are its conventions: continuous actions in [-1, 1] mapped
+affinely onto the env's bounds, discrete actions as integer indices 0..n-1, float32 observations.
 """
 
 from __future__ import annotations
@@ -49,24 +49,21 @@ def unit_to_bounds(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _check_supported(env_id: str, env: gymnasium.Env) -> None:
-    """Refuse spaces this env type does not handle yet (one place, so a later issue can lift it)."""
+    """Refuse spaces this env type does not handle (one place, so a later issue can lift it)."""
     from gymnasium import spaces
 
     action_space, obs_space = env.action_space, env.observation_space
-    if isinstance(action_space, spaces.Discrete):
+    if not isinstance(action_space, spaces.Discrete) and (
+        not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1
+    ):
         raise UldError(
-            f"gym:{env_id} has a Discrete action space; discrete actions arrive with the pixels/discrete "
-            "issue, so for now choose an env with a continuous (Box) action space such as gym:Pendulum-v1."
-        )
-    if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
-        raise UldError(
-            f"gym:{env_id} has a {type(action_space).__name__} action space; uld supports only flat "
-            "continuous (Box) action spaces, such as gym:HalfCheetah-v5."
+            f"gym:{env_id} has a {type(action_space).__name__} action space; uld supports flat continuous "
+            "(Box) and Discrete action spaces, such as those of gym:HalfCheetah-v5 and gym:CartPole-v1."
         )
     if isinstance(obs_space, spaces.Box) and (len(obs_space.shape) >= 2 or obs_space.dtype == np.uint8):
         raise UldError(
-            f"gym:{env_id} has image observations of shape {obs_space.shape}; pixel observations arrive with "
-            "the pixels/discrete issue, so for now choose an env with vector observations."
+            f"gym:{env_id} has image observations of shape {obs_space.shape}; uld takes pixels from the "
+            "atari: and dmc-pixels: envs, so choose one of those or a gym: env with vector observations."
         )
     if not isinstance(obs_space, spaces.Box):
         raise UldError(
@@ -79,16 +76,24 @@ class GymEnv:
     """A Gymnasium env behind uld's Env interface (see uld.envs.base.Env)."""
 
     def __init__(self, env_id: str, env: gymnasium.Env, seed: int, max_episode_steps: int) -> None:
+        from gymnasium import spaces
+
         self._env = env
         self._seed: int | None = seed
         self._rng = np.random.default_rng(seed)
-        self._action_map = unit_to_bounds(env.action_space.low, env.action_space.high)
-        action_dim = env.action_space.shape[0]
+        discrete = isinstance(env.action_space, spaces.Discrete)
+        if discrete:
+            self._action_map = None
+            self._action_start = int(env.action_space.start)  # uld's index 0 is the space's first action
+            action_dim = int(env.action_space.n)
+        else:
+            self._action_map = unit_to_bounds(env.action_space.low, env.action_space.high)
+            action_dim = env.action_space.shape[0]
         self.spec = EnvSpec(
             name=f"gym:{env_id}",
             obs_shape=tuple(env.observation_space.shape),
             action_dim=action_dim,
-            discrete=False,
+            discrete=discrete,
             max_episode_steps=max_episode_steps,
         )
 
@@ -98,15 +103,19 @@ class GymEnv:
         self._seed = None
         return obs.astype(np.float32, copy=False)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Apply an action in [-1, 1]^A; return (obs, reward, terminated, truncated, info)."""
-        if self._action_map is not None:
+    def step(self, action: np.ndarray | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply an action in [-1, 1]^A, or an index 0..n-1; return (obs, reward, terminated, truncated, info)."""
+        if self.spec.discrete:
+            action = int(action) + self._action_start
+        elif self._action_map is not None:
             action = action * self._action_map[0] + self._action_map[1]
         obs, reward, terminated, truncated, info = self._env.step(action)
         return obs.astype(np.float32, copy=False), float(reward), bool(terminated), bool(truncated), info
 
-    def sample_action(self) -> np.ndarray:
-        """A uniform action in [-1, 1]^A from the generator seeded with the env's seed."""
+    def sample_action(self) -> np.ndarray | int:
+        """A uniform action in [-1, 1]^A, or a uniform index, from the generator seeded with the env's seed."""
+        if self.spec.discrete:
+            return int(self._rng.integers(self.spec.action_dim))
         return self._rng.uniform(-1.0, 1.0, size=self.spec.action_dim).astype(np.float32)
 
     def rng_state(self) -> dict[str, Any]:
@@ -144,9 +153,10 @@ def make_gym_env(env_id: str, seed: int) -> Env:
     """Make the registered Gymnasium env ``env_id`` (e.g. "HalfCheetah-v5") with uld's conventions.
 
     Raises UldError, naming the closest registered ids, when ``env_id`` is unknown; and when the
-    env has discrete actions or image observations, which this env type does not support yet.
+    env has image observations or an action space other than a flat Box or Discrete.
     """
     import gymnasium
+    import uld.envs.truncated  # noqa: F401
 
     if env_id not in gymnasium.registry:
         close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)

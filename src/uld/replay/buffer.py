@@ -10,7 +10,7 @@ Valid starts. A start p may be sampled when its window of H transitions p..p+H-1
 observations p..p+H lies in one episode, or when the episode terminates inside the window (the
 steps after the terminal are masked by the losses). Windows that run past a time-limit truncation
 are never sampled. Validity is kept incrementally: each added transition validates at most H
-starts, and overwriting a slot invalidates only that slot, so adding is O(H log N), never O(N).
+starts, and overwriting a slot invalidates only that slot, so adding is O(H); the sum tree is brought up to date in one batch before the next draw.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class ReplayBuffer:
         # Empty slots start at priority 0, never at uninitialised memory (spec: "correct" item 3).
         self.priority = np.zeros(capacity, dtype=np.float64)
         self.tree = SumTree(capacity)
+        self._dirty: list[int] = []  # slots whose tree leaf is stale; refreshed before the next draw
         self.rng = np.random.default_rng(seed)
         self.max_priority = 1.0
         self.ptr = 0  # slot of the next transition
@@ -89,7 +90,18 @@ class ReplayBuffer:
     @property
     def can_sample(self) -> bool:
         """True once at least one complete subsequence is stored."""
+        self._refresh_tree()
         return self.tree.total > 0
+
+    def sampling_weight(self, index: np.ndarray | int) -> np.ndarray | float:
+        """The weight each start is drawn with (its priority if valid, else 0)."""
+        self._refresh_tree()
+        return self.tree.get(index)
+
+    @property
+    def total_weight(self) -> float:
+        self._refresh_tree()
+        return self.tree.total
 
     @property
     def num_valid(self) -> int:
@@ -143,14 +155,23 @@ class ReplayBuffer:
             self.abs_reward_sum -= abs(float(self.reward[slot]))
         if self.valid[slot]:
             self.valid[slot] = False
-            self.tree.set_one(slot, 0.0)
+            self._dirty.append(slot)
 
     def _validate(self, slot: int) -> None:
         self.valid[slot] = True
-        self.tree.set_one(slot, self.priority[slot] if self.prioritized else 1.0)
+        self._dirty.append(slot)
+
+    def _refresh_tree(self) -> None:
+        """Bring the sum tree's leaves up to date with `valid` and `priority` (batched: adds stay O(1))."""
+        if self._dirty:
+            slots = np.array(self._dirty, dtype=np.int64)
+            self._dirty.clear()
+            weight = self.priority[slots] if self.prioritized else np.ones(len(slots))
+            self.tree.set_many(slots, np.where(self.valid[slots], weight, 0.0))
 
     def sample_index(self, batch_size: int) -> np.ndarray:
         """Start slots drawn in proportion to priority among valid starts."""
+        self._refresh_tree()
         if self.tree.total <= 0:
             raise RuntimeError("the replay buffer holds no complete subsequence yet")
         return self.tree.sample(batch_size, self.rng)
@@ -175,10 +196,13 @@ class ReplayBuffer:
 
     def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
         """LAP: priority = max(|TD error|, min_priority) ** alpha (spec: Update schedule)."""
-        priority = np.maximum(np.asarray(td_error, dtype=np.float64), self.min_priority) ** self.alpha
+        priority = np.maximum(np.abs(np.asarray(td_error, dtype=np.float64)), self.min_priority) ** self.alpha
+        if len(index) == 0:
+            return
         self.priority[index] = priority
         self.max_priority = max(self.max_priority, float(priority.max()))
         if self.prioritized:
+            self._refresh_tree()
             self.tree.set_many(index, priority * self.valid[index])
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
@@ -186,6 +210,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue sampling exactly as before (arrays are not copied)."""
+        self._refresh_tree()
         state = {name: getattr(self, name) for name in self._ARRAYS + self._SCALARS}
         state["tree"] = self.tree.state_dict()["tree"]
         state["rng"] = self.rng.bit_generator.state

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from uld.agents import build_agent
+from uld.agents.alm.config import ALMConfig, alm_protocol
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
 from uld.envs.protocol import protocol_for
@@ -25,20 +26,20 @@ from uld.train.trainer import Trainer
 class TrainConfig:
     """Train an agent on one env with one seed; budget and evaluation default to the env's protocol."""
 
-    agent: Literal["uld"] = "uld"
+    agent: Literal["uld", "alm"] = "uld"
     """Which agent to train; its hyperparameters are the --<agent>.* options."""
     env: str = "gym:Pendulum-v1"
     """Env name: gym:<Gymnasium id> or dmc:<domain>-<task>."""
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
     steps: int | None = None
-    """Agent steps to train (default: the domain's budget: Gym 1M, DMC 500k)."""
+    """Agent steps to train (default: the protocol's budget: ULD Gym 1M, DMC 500k; ALM 300k, Ant/Humanoid 500k)."""
     eval_every: int | None = None
-    """Agent steps between evaluations (default: the domain's, 5,000)."""
+    """Agent steps between evaluations (default: the protocol's, 5,000)."""
     eval_episodes: int | None = None
-    """Episodes per evaluation (default: the domain's, 10)."""
+    """Episodes per evaluation (default: the protocol's: ULD 10, ALM 5)."""
     out: str | None = None
-    """Run directory (default: runs/uld/<env>/seed<seed>)."""
+    """Run directory (default: runs/<agent>/<env>/seed<seed>)."""
     device: str = "auto"
     """Torch device: auto (cuda when available), cpu or cuda[:N]."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -53,11 +54,13 @@ class TrainConfig:
     """Start from the reduced-size agent (128-wide networks, batch 64, 1k random steps): same algorithm, quick on a CPU."""
     uld: ULDConfig = field(default_factory=ULDConfig)
     """ULD hyperparameters (spec/ULD.md)."""
+    alm: ALMConfig = field(default_factory=ALMConfig)
+    """ALM hyperparameters (spec/ALM.md)."""
 
     def resolved(self) -> TrainConfig:
-        """This config with every default that depends on the env filled in."""
-        protocol = protocol_for(self.env)
-        out = self.out or str(Path("runs") / "uld" / self.env.replace(":", "_").replace("/", "_") / f"seed{self.seed}")
+        """This config with every default that depends on the env and the agent filled in."""
+        protocol = alm_protocol(self.env) if self.agent == "alm" else protocol_for(self.env)
+        out = self.out or str(Path("runs") / self.agent / self.env.replace(":", "_").replace("/", "_") / f"seed{self.seed}")
         return dataclasses.replace(
             self,
             steps=self.steps if self.steps is not None else protocol.steps,
@@ -95,7 +98,7 @@ def train(config: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100)
+    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100, evaluation=True)
     run_dir = Path(cfg.out)
     if (run_dir / "eval.csv").exists():
         raise UldError(f"{run_dir} already holds a run; pass another --out or remove it")

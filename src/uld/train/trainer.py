@@ -65,6 +65,7 @@ class Trainer:
         self.log_every = log_every
         self.state = TrainerState()
         self.obs: np.ndarray | None = None
+        self._metrics: dict[str, torch.Tensor] = {}
 
     def _store_action(self, action: np.ndarray | int) -> np.ndarray:
         """Actions enter the buffer scaled to [-1, 1], or one-hot for discrete envs (spec: Replay buffer)."""
@@ -102,9 +103,10 @@ class Trainer:
             s.step += 1
 
             if s.step > self.random_steps and self.buffer.can_sample:
-                metrics = self.agent.update(self.buffer)
+                # Keep the latest value of every metric: encoder metrics only come with bursts.
+                self._metrics.update(self.agent.update(self.buffer))
                 if s.step % self.log_every == 0:
-                    self._log_metrics(metrics)
+                    self._log_metrics(self._metrics)
 
             if terminated or truncated:
                 self.logger.episode(s.step, s.episode_return, s.episode_length)

@@ -1,0 +1,141 @@
+"""How fast uld collects and trains on this machine, and how close the step is to the matmul floor.
+
+    python benchmarks/speed.py                      # HalfCheetah-sized ULD, fp32 and bf16
+    python benchmarks/speed.py --precision fp32 --steps 20
+
+Three measurements, in one run so that their ratios are meaningful on a noisy machine:
+1. Collection in the random phase: agent steps per second of env.step + sample_action + buffer.add,
+   against the bare env (the buffer must not cost more than the env itself).
+2. Milliseconds per training step at full size: one encoder update plus one value and policy update,
+   which is what one environment step costs on average (encoder updates come in bursts of T).
+3. The matmul floor: every matrix multiply of one training step (recorded with their shapes through
+   a dispatch mode) replayed as plain torch.mm calls; step time / floor time is the fraction of this
+   CPU's matmul throughput the step achieves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from uld.agents.uld.agent import ULDAgent, make_buffer
+from uld.agents.uld.config import ULDConfig
+from uld.envs import make_env
+
+class RecordMatmuls(TorchDispatchMode):
+    """Records (m, k, n, dtype) of every mm/addmm issued while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, int, int, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.mm.default:
+            a, b = args[0], args[1]
+            self.shapes.append((a.shape[0], a.shape[1], b.shape[1], a.dtype))
+        elif func is torch.ops.aten.addmm.default:
+            a, b = args[1], args[2]
+            self.shapes.append((a.shape[0], a.shape[1], b.shape[1], a.dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
+    """(bare env steps/s, env + sample_action + buffer.add steps/s) with random actions."""
+    env = make_env(env_name, seed=0)
+    env.reset()
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.sample_action())
+        if terminated or truncated:
+            env.reset()
+    bare = steps / (time.perf_counter() - start)
+
+    buffer = make_buffer(env.spec, ULDConfig(), seed=0)  # full 1M capacity, as in a real run
+    obs = env.reset()
+    start = time.perf_counter()
+    for _ in range(steps):
+        action = env.sample_action()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset() if terminated or truncated else next_obs
+    with_buffer = steps / (time.perf_counter() - start)
+    return bare, with_buffer
+
+
+def filled_agent(env_name: str, precision: str) -> tuple[ULDAgent, object]:
+    env = make_env(env_name, seed=0)
+    cfg = ULDConfig(buffer_capacity=50_000)
+    agent, buffer = ULDAgent(env.spec, cfg, precision=precision), make_buffer(env.spec, cfg, seed=0)
+    obs = env.reset()
+    for _ in range(20_000):
+        action = env.sample_action()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset() if terminated or truncated else next_obs
+    return agent, buffer
+
+
+def one_step(agent: ULDAgent, buffer) -> None:
+    """What one environment step costs on average: one encoder update, one value + policy update."""
+    with agent._autocast():
+        agent._update_encoder(buffer)
+        agent._update_value_and_policy(buffer)
+
+
+def time_steps(agent: ULDAgent, buffer, steps: int) -> float:
+    for _ in range(3):
+        one_step(agent, buffer)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step(agent, buffer)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def matmul_floor(shapes: list[tuple[int, int, int, torch.dtype]], repeats: int) -> float:
+    """Milliseconds to run the recorded matmuls back to back as plain torch.mm."""
+    operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n, dtype in shapes]
+    for a, b in operands:
+        torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for a, b in operands:
+            torch.mm(a, b)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="gym:HalfCheetah-v5")
+    parser.add_argument("--collect-env", nargs="+", default=["gym:HalfCheetah-v5", "dmc:cheetah-run"])
+    parser.add_argument("--collect-steps", type=int, default=20_000)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {open('/proc/loadavg').read().split()[:3]}")
+
+    print("\n| env | bare env steps/s | env + buffer.add steps/s | ratio |\n|---|---|---|---|")
+    for name in args.collect_env:
+        bare, with_buffer = collection_rate(name, args.collect_steps)
+        print(f"| {name} | {bare:,.0f} | {with_buffer:,.0f} | {with_buffer / bare:.2f} |")
+
+    print("\n| precision | ms per training step | matmul floor ms | fraction of floor | GFLOP per step |\n|---|---|---|---|---|")
+    for precision in args.precision:
+        agent, buffer = filled_agent(args.env, precision)
+        one_step(agent, buffer)
+        with RecordMatmuls() as recorder:
+            one_step(agent, buffer)
+        gflop = sum(2 * m * k * n for m, k, n, _ in recorder.shapes) / 1e9
+        step_ms = time_steps(agent, buffer, args.steps)
+        floor_ms = matmul_floor(recorder.shapes, max(3, args.steps // 2))
+        print(f"| {precision} | {step_ms:.1f} | {floor_ms:.1f} | {floor_ms / step_ms:.2f} | {gflop:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Milliseconds per training update of the full-size ALM and ULD agents, measured in one process.
+
+    OMP_NUM_THREADS=1 python benchmarks/update_speed.py --env gym:HalfCheetah-v5 --warmup 3 --repeats 10
+
+Both agents learn from a replay filled with the same random-action transitions of the env. One ALM
+update is steps 1-5 of spec/ALM.md (four Adam steps on batches of 512). ULD's schedule does, per
+environment step, on average one encoder, one value and one policy update, with the encoder updates
+bunched every 250 steps; ULD is timed with a target period of 1 so that every call does exactly that
+amount of work (plus one cheap target copy). Both run in fp32 unless --precision says otherwise.
+The ratio column is the one to quote: the absolute numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from uld.agents import build_agent
+from uld.agents.alm.config import ALMConfig
+from uld.agents.uld.config import ULDConfig
+from uld.envs import make_env
+
+
+def fill(buffer, env, transitions: int) -> None:
+    """Store `transitions` uniformly random steps of the env."""
+    obs = env.reset()
+    for _ in range(transitions):
+        action = env.sample_action()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset() if terminated or truncated else next_obs
+
+
+def time_updates(agent, buffer, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` updates after `warmup` untimed ones."""
+    for _ in range(warmup):
+        agent.update(buffer)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        metrics = agent.update(buffer)
+        float(next(iter(metrics.values())))  # wait for the device before stopping the clock
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="gym:HalfCheetah-v5")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--transitions", type=int, default=5_000, help="random transitions in each replay")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    configs = {
+        "alm": ALMConfig(),
+        "uld": dataclasses.replace(ULDConfig(), target_update_period=1),
+    }
+    rows = []
+    for name, config in configs.items():
+        env = make_env(args.env, seed=0)
+        agent, buffer = build_agent(name, env.spec, config, device=args.device, precision=args.precision,
+                                    seed=0, total_steps=100_000)
+        fill(buffer, env, args.transitions)
+        seconds = time_updates(agent, buffer, args.warmup, args.repeats)
+        # Targets are frozen copies (requires_grad False), so this counts the online networks only.
+        params = sum(p.numel() for module in vars(agent).values() if isinstance(module, torch.nn.Module)
+                     for p in module.parameters() if p.requires_grad)
+        rows.append((name, statistics.median(seconds) * 1e3, min(seconds) * 1e3, max(seconds) * 1e3, params))
+        env.close()
+
+    alm_ms = rows[0][1]
+    print(f"env {args.env}, device {args.device}, precision {args.precision}, torch threads {torch.get_num_threads()}, "
+          f"{args.warmup} warm-up + {args.repeats} timed updates")
+    print("| agent | ms/update (median) | min | max | trainable params | ratio to ALM |")
+    print("|---|---|---|---|---|---|")
+    for name, median, low, high, params in rows:
+        print(f"| {name} | {median:.1f} | {low:.1f} | {high:.1f} | {params / 1e6:.2f}M | {median / alm_ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

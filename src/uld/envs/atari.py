@@ -1,0 +1,187 @@
+"""Atari 2600 games through the Arcade Learning Environment (spec/ULD.md, "Domains": Atari).
+
+Protocol (ALE v5 settings, with the frame processing done here rather than inside ALE):
+- sticky actions with probability 0.25, the game's minimal action set, ALE frameskip 1;
+- action repeat 4 in this wrapper, rewards summed, stopping early when the episode ends;
+- the observed frame is the pixel-wise max of the last two ALE frames, in ALE's grayscale,
+  resized to 84x84 with area interpolation; observations stack the last 4 such frames, (4, 84, 84)
+  uint8, with the first frame repeated at reset;
+- no no-op starts, no life-loss terminals, no reward clipping;
+- episodes are truncated after 108,000 frames (27,000 agent steps);
+- the evaluation env replaces the agent's action by a uniformly random one with probability 0.001;
+  the training env never does (spec: "Where the reference differs", item 4).
+
+ale-py and OpenCV are imported only when an env is made; they come with ``pip install "uld[atari]"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+
+from uld.envs.base import EnvSpec
+from uld.envs.dmc import FrameHistory
+from uld.errors import UldError
+
+ACTION_REPEAT = 4
+"""ALE frames per agent step (spec: Atari protocol, action repeat 4 in the wrapper)."""
+
+STICKY_ACTION_PROBABILITY = 0.25
+"""Chance, per ALE frame, that the previous action is repeated instead of the new one (spec: sticky actions)."""
+
+MAX_EPISODE_FRAMES = 108_000
+"""ALE frames after which an episode is truncated (spec: episode cap), i.e. 27,000 agent steps."""
+
+EVAL_EPSILON = 0.001
+"""Chance of a uniformly random action in the evaluation env (spec: Atari protocol)."""
+
+FRAME_SIZE = 84
+"""Side of the square frame the screen is resized to."""
+
+HISTORY = 4
+"""Frames per observation (spec: Atari protocol, 4-frame history)."""
+
+INSTALL_HELP = 'pip install "uld[atari]" (ale-py and opencv-python-headless)'
+"""What to run when the Atari dependencies are missing."""
+
+
+def _import_atari():
+    """(ale_py, cv2), or a UldError saying what to install."""
+    try:
+        import ale_py
+        import cv2
+    except ImportError as err:
+        raise UldError(f"Atari envs need ale-py and OpenCV, which are not installed ({err}); {INSTALL_HELP}.") from err
+    return ale_py, cv2
+
+
+def atari_games() -> dict[str, str]:
+    """Every game ALE ships a ROM for: uld name (ALE v5's, e.g. "MontezumaRevenge") -> ROM id."""
+    _import_atari()
+    from ale_py import roms
+    from ale_py.registration import rom_id_to_name
+
+    return {rom_id_to_name(rom): rom for rom in roms.get_all_rom_ids()}
+
+
+class AtariEnv:
+    """An ALE game behind uld's Env interface with the Atari protocol (see the module docstring).
+
+    Args:
+        game: the game's ALE v5 name, e.g. "Pong".
+        rom_id: the ROM's id in ale_py.roms, e.g. "pong".
+        seed: seeds ALE (sticky actions and everything else ALE draws) and sample_action.
+        evaluation: True for the evaluation env, which takes random actions with probability 0.001.
+        max_episode_frames: ALE frames per episode before truncation (108,000 by the protocol).
+    """
+
+    def __init__(self, game: str, rom_id: str, seed: int, *, evaluation: bool = False,
+                 max_episode_frames: int = MAX_EPISODE_FRAMES) -> None:
+        ale_py, self._cv2 = _import_atari()
+        from ale_py import roms
+
+        ale = ale_py.ALEInterface()
+        ale.setLoggerMode(ale_py.LoggerMode.Error)
+        ale.setInt("random_seed", seed % 2**31)  # ALE takes a signed 32-bit seed
+        ale.setFloat("repeat_action_probability", STICKY_ACTION_PROBABILITY)
+        ale.setInt("max_num_frames_per_episode", max_episode_frames)
+        ale.loadROM(roms.get_rom_path(rom_id))  # settings take effect when the ROM is loaded
+        self._ale = ale
+        self._actions = ale.getMinimalActionSet()
+        height, width = ale.getScreenDims()
+        self._screens = np.zeros((2, height, width), dtype=np.uint8)  # the last two ALE frames, grayscale
+        self._newest = 0
+        self._epsilon = EVAL_EPSILON if evaluation else 0.0
+        self._rng = np.random.default_rng(seed)
+        self._history = FrameHistory(HISTORY, (1, FRAME_SIZE, FRAME_SIZE))
+        self.spec = EnvSpec(
+            name=f"atari:{game}",
+            obs_shape=(HISTORY, FRAME_SIZE, FRAME_SIZE),
+            action_dim=len(self._actions),
+            discrete=True,
+            max_episode_steps=max_episode_frames // ACTION_REPEAT,
+            pixels=True,
+            frame_history=HISTORY,
+        )
+
+    def _grab_screen(self) -> None:
+        self._newest ^= 1
+        self._ale.getScreenGrayscale(self._screens[self._newest])
+
+    def _frame(self) -> np.ndarray:
+        """Max over the last two ALE frames (sprites that flicker between frames), resized to 84x84."""
+        pooled = np.maximum(self._screens[0], self._screens[1])
+        resized = self._cv2.resize(pooled, (FRAME_SIZE, FRAME_SIZE), interpolation=self._cv2.INTER_AREA)
+        return resized[None]
+
+    def reset(self) -> np.ndarray:
+        """Start an episode (no no-op starts); its first frame fills the whole history."""
+        self._ale.reset_game()
+        self._grab_screen()
+        self._screens[self._newest ^ 1] = self._screens[self._newest]  # one frame so far: pool it with itself
+        return self._history.reset(self._frame())
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Apply action index ``action`` for up to 4 ALE frames; return (obs, reward, terminated, truncated, info).
+
+        ``terminated`` is the game's own end (all lives lost); ``truncated`` is the 108,000-frame cap.
+        """
+        action = int(action)
+        if self._epsilon and self._rng.random() < self._epsilon:
+            action = int(self._rng.integers(len(self._actions)))
+        ale_action = self._actions[action]
+        reward = 0.0
+        for _ in range(ACTION_REPEAT):
+            reward += self._ale.act(ale_action)
+            self._grab_screen()
+            if self._ale.game_over():  # the game ended or hit the frame cap: stop repeating
+                break
+        terminated = self._ale.game_over(with_truncation=False)
+        truncated = not terminated and self._ale.game_truncated()
+        info = {"lives": self._ale.lives()}
+        return self._history.push(self._frame()), float(reward), terminated, truncated, info
+
+    def sample_action(self) -> int:
+        """A uniformly random action index from the generator seeded with the env's seed."""
+        return int(self._rng.integers(len(self._actions)))
+
+    def rng_state(self) -> dict[str, Any]:
+        """ALE's state with its RNG (serialized to a uint8 array) and the env's own generator.
+
+        ALE's RNG drives sticky actions; the env's generator drives sample_action and, in the
+        evaluation env, the epsilon-random actions.
+        """
+        ale_state = self._ale.cloneState(include_rng=True).serialize()
+        return {"ale": np.frombuffer(ale_state, dtype=np.uint8).copy(), "sample": self._rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what rng_state returned."""
+        import ale_py
+
+        self._ale.restoreState(ale_py.ALEState(np.asarray(state["ale"], dtype=np.uint8).tobytes()))
+        self._rng.bit_generator.state = state["sample"]
+
+    def render(self) -> np.ndarray:
+        """The current screen as a (210, 160, 3) uint8 RGB array."""
+        return self._ale.getScreenRGB()
+
+    def close(self) -> None:
+        """Nothing to release: ALE holds no files or windows."""
+
+
+def make_atari_env(game: str, seed: int, *, evaluation: bool = False) -> AtariEnv:
+    """Make the Atari game ``game`` (its ALE v5 name, e.g. "Pong") with the Atari protocol.
+
+    Raises UldError when ale-py or OpenCV is missing, and, naming the closest games, when ``game``
+    is not one ALE has a ROM for.
+    """
+    games = atari_games()
+    if game not in games:
+        by_lower = {name.lower(): name for name in games}
+        close = difflib.get_close_matches(game.lower(), list(by_lower), n=3)
+        hint = (f"did you mean {', '.join('atari:' + by_lower[c] for c in close)}?" if close
+                else "see uld.envs.atari.atari_games().")
+        raise UldError(f"Unknown Atari game '{game}'; {hint}")
+    return AtariEnv(game, games[game], seed, evaluation=evaluation)
