@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from uld.agents.uld.config import reduced_config
-from uld.errors import UldError
 from uld.train.logger import read_eval_csv
 from uld.train.run import TrainConfig, train
 
@@ -66,13 +65,6 @@ def test_dmc_run_short(tmp_path):
     rows = read_eval_csv(run_dir / "eval.csv")
     assert [r["step"] for r in rows] == [0, 600]
     assert 0 <= rows[-1]["mean_return"] <= 1000
-
-
-def test_existing_run_dir_is_refused(tmp_path):
-    cfg = _tiny(tmp_path, steps=20, eval_every=20, eval_episodes=1)
-    train(cfg)
-    with pytest.raises(UldError, match="already holds a run"):
-        train(cfg)
 
 
 @pytest.mark.parametrize(

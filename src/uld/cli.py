@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(argv[1:])
     except UldError as error:
         print(f"uld: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         print("uld: interrupted", file=sys.stderr)
         return 130

@@ -82,8 +82,8 @@ class AtariEnv:
         ale_py, self._cv2 = _import_atari()
         from ale_py import roms
 
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # before construction: no banner
         ale = ale_py.ALEInterface()
-        ale.setLoggerMode(ale_py.LoggerMode.Error)
         ale.setInt("random_seed", seed % 2**31)  # ALE takes a signed 32-bit seed
         ale.setFloat("repeat_action_probability", STICKY_ACTION_PROBABILITY)
         ale.setInt("max_num_frames_per_episode", max_episode_frames)

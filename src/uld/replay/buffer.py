@@ -79,6 +79,7 @@ class ReplayBuffer:
         self.rng = np.random.default_rng(seed)
         self.max_priority = 1.0
         self.ptr = 0  # slot of the next transition
+        self.used = 0  # slots ever written (checkpoints store only these)
         self.episode_step = 0  # transitions of the episode in progress
         self.num_transitions = 0
         self.abs_reward_sum = 0.0
@@ -127,6 +128,7 @@ class ReplayBuffer:
         # s' goes to the next slot: the next transition's s_t when the episode goes on, the final
         # observation when it ends. Writing it now makes the window ending here complete at once.
         self.obs[nxt] = next_obs
+        self.used = max(self.used, min(p + 2, self.capacity))
 
         k, H = self.episode_step, self.horizon
         if terminated:
@@ -206,20 +208,26 @@ class ReplayBuffer:
             self.tree.set_many(index, priority * self.valid[index])
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
-    _SCALARS = ("max_priority", "ptr", "episode_step", "num_transitions", "abs_reward_sum", "ever_terminated")
+    _SCALARS = ("max_priority", "ptr", "used", "episode_step", "num_transitions", "abs_reward_sum",
+                "ever_terminated")
 
     def state_dict(self) -> dict:
-        """Everything needed to continue sampling exactly as before (arrays are not copied)."""
-        self._refresh_tree()
-        state = {name: getattr(self, name) for name in self._ARRAYS + self._SCALARS}
-        state["tree"] = self.tree.state_dict()["tree"]
+        """Everything needed to continue sampling exactly as before: the written slots (views, not
+        copies), counters and the generator. The sum tree is rebuilt from `valid` and `priority`."""
+        state = {name: getattr(self, name)[: self.used] for name in self._ARRAYS}
+        state.update({name: getattr(self, name) for name in self._SCALARS})
         state["rng"] = self.rng.bit_generator.state
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        used = int(state["used"])
         for name in self._ARRAYS:
-            getattr(self, name)[...] = state[name]
+            array = getattr(self, name)
+            array[:used] = np.asarray(state[name])
+            array[used:] = 0
         for name in self._SCALARS:
             setattr(self, name, type(getattr(self, name))(state[name]))
-        self.tree.load_state_dict({"tree": state["tree"]})
         self.rng.bit_generator.state = state["rng"]
+        self.tree = SumTree(self.capacity)
+        self._dirty = list(range(used))
+        self._refresh_tree()

@@ -70,6 +70,8 @@ class FrameStackBuffer(ReplayBuffer):
             raise ValueError(f"{stacked_channels} channels do not split into a history of {history} frames")
         if history > 256:
             raise ValueError(f"history {history} does not fit the uint8 back-references")
+        if capacity <= horizon + history:
+            raise ValueError(f"capacity {capacity} must exceed the horizon {horizon} plus the history {history}")
         self.history = history
         self.frame_shape = (stacked_channels // history, height, width)
         check_memory(self.frame_shape, action_dim, capacity)
@@ -81,20 +83,18 @@ class FrameStackBuffer(ReplayBuffer):
         channels = self.frame_shape[0]
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         p, nxt, step = self.ptr, (self.ptr + 1) % self.capacity, self.episode_step
-        if step == 0 and not (obs[:-channels] == np.tile(obs[-channels:], (self.history - 1, 1, 1))).all():
+        if step == 0 and not (obs.reshape(self.history, -1) == obs[-channels:].reshape(1, -1)).all():
             raise ValueError("the first observation of an episode must repeat its first frame in every position")
-        self._forget_broken_stacks(first_overwritten=p, last_overwritten=nxt)
+        self._forget_broken_stacks(last_overwritten=nxt)
         super().add(obs[-channels:], action, reward, next_obs[-channels:], terminated, truncated)
         self.back[p] = min(step, self.history - 1)
         self.back[nxt] = min(step + 1, self.history - 1)
 
-    def _forget_broken_stacks(self, first_overwritten: int, last_overwritten: int) -> None:
+    def _forget_broken_stacks(self, last_overwritten: int) -> None:
         """Forget the old slots just ahead of the writer whose stacks reach into the slots it overwrites."""
         for distance in range(1, self.history):
             slot = (last_overwritten + distance) % self.capacity
-            if slot == first_overwritten:  # a ring smaller than the history: nothing older is left
-                break
-            if self.back[slot] >= distance:
+            if self.back[slot] >= distance:  # its stack reaches back to last_overwritten (or further)
                 self._forget(slot)
 
     def gather(self, index: np.ndarray, horizon: int, device: torch.device | str = "cpu") -> Batch:

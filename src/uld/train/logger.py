@@ -36,7 +36,8 @@ class Logger:
         if not self.eval_path.exists():
             with open(self.eval_path, "w", newline="") as f:
                 csv.writer(f).writerow(EVAL_COLUMNS)
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step or None)
+        # Events after the checkpoint being resumed from are dropped (they will be written again).
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
                         dynamic_ncols=True, mininterval=1.0)
         self.last_episode_return = math.nan
@@ -69,6 +70,16 @@ class Logger:
     def _postfix(self) -> None:
         self.bar.set_postfix(episode_return=f"{self.last_episode_return:.1f}", eval=f"{self.last_eval:.1f}",
                              refresh=False)
+
+    def state_dict(self) -> dict:
+        """Where the logs stand: eval.csv's length, so a resume drops rows written after the checkpoint."""
+        return {"eval_csv_bytes": self.eval_path.stat().st_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        with open(self.eval_path, "r+b") as f:
+            f.truncate(int(state["eval_csv_bytes"]))
+        rows = read_eval_csv(self.eval_path)
+        self.last_eval = rows[-1]["mean_return"] if rows else math.nan
 
     def close(self) -> None:
         self.bar.close()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +22,7 @@ from uld.envs import make_env
 from uld.envs.protocol import protocol_for
 from uld.errors import UldError
 from uld.train.logger import Logger
+from uld.train.checkpoint import Checkpointer
 from uld.train.trainer import Trainer
 
 
@@ -52,6 +56,12 @@ class TrainConfig:
     """Agent steps between training-metric records in TensorBoard."""
     small: bool = False
     """Start from the reduced-size agent (128-wide networks, batch 64, 1k random steps): same algorithm, quick on a CPU."""
+    checkpoint_minutes: float = 10.0
+    """Wall-clock minutes between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."""
+    checkpoint_every: int | None = None
+    """Also checkpoint every this many agent steps (default: by time only)."""
+    resume: str | None = None
+    """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress may change)."""
     uld: ULDConfig = field(default_factory=ULDConfig)
     """ULD hyperparameters (spec/ULD.md)."""
     alm: ALMConfig = field(default_factory=ALMConfig)
@@ -91,30 +101,102 @@ def check_positive(config: TrainConfig) -> None:
             raise UldError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
+# Options that may change between the start of a run and its resumption; every other one is part of
+# what the run is, and a command that disagrees with the run directory on it is refused.
+RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "threads", "progress", "checkpoint_minutes",
+                     "checkpoint_every")
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """A TrainConfig from its config.json form."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    nested = {"uld": ULDConfig, "alm": ALMConfig}
+    values = {k: (nested[k](**v) if k in nested else v) for k, v in data.items() if k in known}
+    return TrainConfig(**values)
+
+
+def config_differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """Names and values of the options on which two resolved configs disagree."""
+    differences = []
+    for key in sorted(set(stored) | set(current)):
+        if not prefix and key in RESUMABLE_CHANGES:
+            continue
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += config_differences(a, b, prefix + key + ".")
+        elif a != b:
+            differences.append(f"{prefix}{key} (run: {a!r}, this command: {b!r})")
+    return differences
+
+
+def _install_signal_handlers(trainer: Trainer) -> dict:
+    def request_stop(signum, frame):  # noqa: ARG001
+        trainer.stop_signal = signum
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def train(config: TrainConfig) -> Path:
-    """Train as configured and return the run directory."""
+    """Train as configured and return the run directory.
+
+    A run directory that already holds a checkpoint of the same configuration is resumed: the result
+    is bitwise the same as an uninterrupted run on the same machine.
+    """
+    if config.resume is not None:
+        stored = Path(config.resume) / "config.json"
+        if not stored.exists():
+            raise UldError(f"{config.resume} is not a run directory (it has no config.json); pass the directory "
+                           "that uld train wrote")
+        base = config_from_dict(json.loads(stored.read_text()))
+        config = dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps,
+                                     progress=config.progress, threads=config.threads, device=config.device)
     check_positive(config)
     cfg = config.resolved()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100, evaluation=True)
     run_dir = Path(cfg.out)
-    if (run_dir / "eval.csv").exists():
-        raise UldError(f"{run_dir} already holds a run; pass another --out or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    loaded = checkpointer.load_latest()
+    resolved = dataclasses.asdict(cfg)
+    if loaded is not None:
+        stored = json.loads((run_dir / "config.json").read_text())
+        differences = config_differences(stored, resolved)
+        if differences:
+            raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
+                           "use another --out, or the run's own options to resume it")
+    elif (run_dir / "eval.csv").exists():
+        # Interrupted before its first checkpoint: nothing can be resumed, so it starts over.
+        print(f"uld: {run_dir} has no complete checkpoint; starting the run over", file=sys.stderr)
+        (run_dir / "eval.csv").unlink()
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    if loaded is not None and loaded[1] >= cfg.steps:
+        print(f"uld: {run_dir} already finished {loaded[1]} steps (asked for {cfg.steps}); nothing to do",
+              file=sys.stderr)
+        return run_dir
 
+    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100, evaluation=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     seed_everything(cfg.seed)
     agent_config = getattr(cfg, cfg.agent)
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
                                 seed=cfg.seed, total_steps=cfg.steps)
-    logger = Logger(run_dir, cfg.steps, progress=cfg.progress)
+    start_step = loaded[1] if loaded is not None else 0
+    logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress)
     trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
-                      eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every)
+                      eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
+                      checkpointer=checkpointer, checkpoint_seconds=60 * cfg.checkpoint_minutes,
+                      checkpoint_every=cfg.checkpoint_every)
+    if loaded is not None:
+        trainer.load_state_dict(loaded[0])
+        del loaded
+    previous_handlers = _install_signal_handlers(trainer)
     try:
         trainer.train(cfg.steps)
     finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         logger.close()
         env.close()
         eval_env.close()

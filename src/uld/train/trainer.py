@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +15,7 @@ import torch
 from uld.envs.base import Env
 from uld.errors import UldError
 from uld.replay.buffer import ReplayBuffer
+from uld.train.checkpoint import Checkpointer
 from uld.train.logger import Logger
 
 
@@ -45,27 +48,46 @@ class TrainerState:
     wall_seconds: float = 0.0
 
 
+class RunInterrupted(UldError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved. exit_code follows the shell convention."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Trainer:
     """Runs an agent in an env for a number of agent steps, evaluating on a separate env.
 
     Args:
         env, eval_env: training and evaluation envs (the latter seeded with seed + 100).
-        agent: anything with act(obs, explore) and update(buffer).
+        agent: anything with act(obs, explore), update(buffer) and state_dict/load_state_dict.
         buffer: the replay buffer the agent learns from.
         logger: where evaluations, episode returns and training metrics go.
         random_steps: uniformly random actions before the agent acts and trains.
         eval_every, eval_episodes: evaluation cadence (first at step 0, last at the final step).
         log_every: training metrics go to TensorBoard every this many steps.
+        checkpointer: where checkpoints go (None: no checkpoints).
+        checkpoint_seconds: wall-clock seconds between checkpoints (one is also written at the end).
+        checkpoint_every: also checkpoint every this many agent steps (None: by time only).
     """
 
     def __init__(self, env: Env, eval_env: Env, agent: Agent, buffer: ReplayBuffer, logger: Logger, *,
-                 random_steps: int, eval_every: int, eval_episodes: int, log_every: int = 1000):
+                 random_steps: int, eval_every: int, eval_episodes: int, log_every: int = 1000,
+                 checkpointer: Checkpointer | None = None, checkpoint_seconds: float = 600.0,
+                 checkpoint_every: int | None = None):
         self.env, self.eval_env, self.agent, self.buffer, self.logger = env, eval_env, agent, buffer, logger
         self.random_steps, self.eval_every, self.eval_episodes = random_steps, eval_every, eval_episodes
         self.log_every = log_every
+        self.checkpointer, self.checkpoint_seconds, self.checkpoint_every = checkpointer, checkpoint_seconds, checkpoint_every
         self.state = TrainerState()
         self.obs: np.ndarray | None = None
+        self.stop_signal: int | None = None  # set by a signal handler; the loop checkpoints and stops
         self._metrics: dict[str, torch.Tensor] = {}
+        # The episode in progress is checkpointed as the env's RNG state at its reset plus its actions:
+        # replaying them reproduces the env's state exactly, for any deterministic simulator.
+        self._episode_start_rng: dict = {}
+        self._episode_actions: list = []
 
     def _store_action(self, action: np.ndarray | int) -> np.ndarray:
         """Actions enter the buffer scaled to [-1, 1], or one-hot for discrete envs (spec: Replay buffer)."""
@@ -75,27 +97,34 @@ class Trainer:
             return one_hot
         return action
 
+    def _reset(self) -> None:
+        self._episode_start_rng = self.env.rng_state()
+        self._episode_actions = []
+        self.obs = self.env.reset()
+
     def _evaluate(self) -> None:
         returns = evaluate(self.agent, self.eval_env, self.eval_episodes)
-        self.logger.evaluation(self.state.step, returns, self.state.wall_seconds + self._elapsed())
+        self.logger.evaluation(self.state.step, returns, self._wall_seconds())
 
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._started
+    def _wall_seconds(self) -> float:
+        return self.state.wall_seconds + time.perf_counter() - self._started
 
     def train(self, total_steps: int) -> None:
         """Run until `total_steps` agent steps have been taken, evaluating on the schedule."""
         s = self.state
         self._started = time.perf_counter()
+        self._last_checkpoint = time.perf_counter()
         if s.step == 0:
             self._evaluate()
         if self.obs is None:
-            self.obs = self.env.reset()
+            self._reset()
         while s.step < total_steps:
             if s.step < self.random_steps:
                 action = self.env.sample_action()
             else:
                 action = self.agent.act(self.obs, explore=True)
             next_obs, reward, terminated, truncated, _ = self.env.step(action)
+            self._episode_actions.append(action)
             self.buffer.add(self.obs, self._store_action(action), reward, next_obs, terminated, truncated)
             self.obs = next_obs
             s.episode_return += reward
@@ -112,19 +141,92 @@ class Trainer:
                 self.logger.episode(s.step, s.episode_return, s.episode_length)
                 s.episode += 1
                 s.episode_return, s.episode_length = 0.0, 0
-                self.obs = self.env.reset()
+                self._reset()
 
             self.logger.step()
             if s.step % self.eval_every == 0 or s.step == total_steps:
                 self._evaluate()
-        s.wall_seconds += self._elapsed()
+            self._maybe_checkpoint(final=s.step == total_steps)
 
-    def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+    def _maybe_checkpoint(self, final: bool) -> None:
+        if self.checkpointer is None:
+            if self.stop_signal is not None:
+                raise RunInterrupted(f"interrupted at step {self.state.step}", 128 + self.stop_signal)
+            return
+        due = (time.perf_counter() - self._last_checkpoint >= self.checkpoint_seconds
+               or (self.checkpoint_every and self.state.step % self.checkpoint_every == 0))
+        if not (final or due or self.stop_signal is not None):
+            return
+        self._check_finite(self._metrics)
+        self.checkpointer.save(self.state_dict(), self.state.step)
+        self._last_checkpoint = time.perf_counter()
+        if self.stop_signal is not None:
+            raise RunInterrupted(
+                f"interrupted at step {self.state.step}; a checkpoint was saved: run the same command again, "
+                f"or uld train --resume {self.logger.run_dir}, to continue", 128 + self.stop_signal)
+
+    # ---- checkpoint state ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The whole run: loop counters, agent, replay, every RNG, the episode in progress, log offsets."""
+        trainer = dataclasses.asdict(self.state)
+        trainer["wall_seconds"] = self._wall_seconds()
+        return {
+            "trainer": trainer,
+            "agent": self.agent.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "metrics": dict(self._metrics),
+            "rng": {"python": random.getstate(), "numpy": list(np.random.get_state()),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "env": {"episode_start": self._episode_start_rng, "current": self.env.rng_state(),
+                    "actions": [np.asarray(a) for a in self._episode_actions]},
+            "eval_env": self.eval_env.rng_state(),
+            "logger": self.logger.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = TrainerState(**state["trainer"])
+        self.agent.load_state_dict(state["agent"])
+        self.buffer.load_state_dict(state["buffer"])
+        self._metrics = dict(state["metrics"])
+        rng = state["rng"]
+        random.setstate(_as_tuple(rng["python"]))
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        # Rebuild the episode in progress: reset from the RNG state it started with, replay its actions.
+        episode = state["env"]
+        self.env.set_rng_state(episode["episode_start"])
+        self._episode_start_rng = episode["episode_start"]
+        self.obs = self.env.reset()
+        self._episode_actions = []
+        for action in episode["actions"]:
+            action = action.numpy()
+            action = int(action) if self.env.spec.discrete else action
+            self.obs = self.env.step(action)[0]
+            self._episode_actions.append(action)
+        self.env.set_rng_state(episode["current"])
+        self.eval_env.set_rng_state(state["eval_env"])
+        self.logger.load_state_dict(state["logger"])
+
+    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         values = {name: float(value) for name, value in metrics.items()}
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:
             raise UldError(f"training diverged at step {self.state.step}: {', '.join(bad)} became non-finite; "
-                           "lower the learning rates or check the environment's rewards")
+                           "the last good checkpoint is kept; lower the learning rates or check the env's rewards")
+        return values
+
+    def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+        values = self._check_finite(metrics)
         values["train/reward_scale"] = float(getattr(self.agent, "reward_scale", math.nan))
         values["train/buffer_transitions"] = len(self.buffer)
         self.logger.scalars(self.state.step, values)
+
+
+def _as_tuple(value):
+    """Python's random state, which a checkpoint stores with lists, back to nested tuples."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -155,8 +155,11 @@ class ALMAgent:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned. Optimizer moments are copied: torch's Optimizer.load_state_dict
+        would otherwise share them with the agent the state came from."""
         for name in self._MODULES:
-            getattr(self, name).load_state_dict(state[name])
+            part = state[name]
+            getattr(self, name).load_state_dict(copy.deepcopy(part) if name.endswith("optimizer") else part)
         self.training_step = int(state["counters"]["training_step"])
 
 

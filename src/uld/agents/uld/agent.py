@@ -14,6 +14,7 @@ from uld.agents.uld.config import ULDConfig
 from uld.agents.uld.networks import Encoder, Policy, Value
 from uld.envs.base import EnvSpec
 from uld.replay.buffer import ReplayBuffer
+from uld.replay.frames import FrameStackBuffer
 
 
 def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
@@ -193,7 +194,13 @@ class ULDAgent:
 
 
 def make_buffer(spec: EnvSpec, config: ULDConfig, seed: int) -> ReplayBuffer:
-    """The replay ULD learns from: LAP-prioritized H-step subsequences (spec: Replay buffer)."""
+    """The replay ULD learns from: LAP-prioritized H-step subsequences (spec: Replay buffer).
+
+    Pixel observations go to a FrameStackBuffer, which stores each frame once and rebuilds the stacks.
+    """
+    options = dict(prioritized=config.prioritized, alpha=config.alpha, min_priority=config.min_priority, seed=seed)
+    if spec.pixels:
+        return FrameStackBuffer(spec.obs_shape, spec.action_dim, config.buffer_capacity, config.horizon,
+                                history=spec.frame_history, **options)
     return ReplayBuffer(spec.obs_shape, spec.action_dim, config.buffer_capacity, config.horizon,
-                        prioritized=config.prioritized, alpha=config.alpha, min_priority=config.min_priority,
-                        seed=seed, obs_dtype=np.uint8 if spec.pixels else np.float32)
+                        obs_dtype=np.float32, **options)

@@ -1,0 +1,183 @@
+"""Runs survive interruption: exact resume, atomic checkpoints, safe loading, refusal of mismatches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from uld.agents.uld.config import reduced_config
+from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer
+from uld.train.logger import read_eval_csv
+from uld.train.run import TrainConfig, train
+
+TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
+                      target_update_period=20, buffer_capacity=5000)
+
+
+def _config(out: Path, steps: int, env: str = "gym:Pendulum-v1", **overrides) -> TrainConfig:
+    base = dict(env=env, seed=3, steps=steps, eval_every=100, eval_episodes=1, progress=False, out=str(out),
+                log_every=50, uld=TINY)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _final_state(run_dir: Path) -> tuple[dict, int]:
+    loaded = Checkpointer(run_dir / "checkpoints").load_latest()
+    assert loaded is not None
+    return loaded
+
+
+def _returns(run_dir: Path) -> list[tuple[int, list[float]]]:
+    return [(row["step"], row["returns"]) for row in read_eval_csv(run_dir / "eval.csv")]
+
+
+def _assert_same_agent(a: dict, b: dict) -> None:
+    for name in ("encoder", "policy", "value", "encoder_target", "value_target"):
+        for key, tensor in a["agent"][name].items():
+            assert torch.equal(tensor, b["agent"][name][key]), (name, key)
+
+
+@pytest.mark.parametrize("env", ["gym:Pendulum-v1", "dmc:cartpole-balance"])
+def test_half_then_resume_equals_straight(tmp_path, env):
+    """N steps straight == N/2, stop, same command again for N: same eval.csv returns and parameters.
+
+    The split falls mid-episode (Pendulum episodes are 200 steps, cartpole's 500), so the episode in
+    progress is rebuilt by replaying its actions.
+    """
+    straight = train(_config(tmp_path / "straight", 500, env))
+    split = tmp_path / "split"
+    train(_config(split, 300, env))
+    assert _final_state(split)[1] == 300
+    train(_config(split, 500, env))
+    assert _returns(straight) == _returns(split)
+    (a, step_a), (b, step_b) = _final_state(straight), _final_state(split)
+    assert step_a == step_b == 500
+    _assert_same_agent(a, b)
+    assert torch.equal(a["buffer"]["obs"], b["buffer"]["obs"])
+    assert torch.equal(a["buffer"]["priority"], b["buffer"]["priority"])
+
+
+def test_config_mismatch_is_refused_with_the_difference_named(tmp_path):
+    train(_config(tmp_path / "run", 100))
+    with pytest.raises(UldError, match=r"seed \(run: 3, this command: 4\)"):
+        train(_config(tmp_path / "run", 200, seed=4))
+    with pytest.raises(UldError, match=r"env \(run: 'gym:Pendulum-v1'"):
+        train(_config(tmp_path / "run", 200, env="dmc:cartpole-balance"))
+
+
+def test_finished_run_is_not_rerun(tmp_path, capsys):
+    run = train(_config(tmp_path / "run", 100))
+    before = (run / "eval.csv").read_text()
+    train(_config(tmp_path / "run", 100))
+    assert "already finished" in capsys.readouterr().err
+    assert (run / "eval.csv").read_text() == before
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    run = train(_config(tmp_path / "run", 200, checkpoint_every=100))
+    checkpoints = Checkpointer(run / "checkpoints")
+    newest = checkpoints.path(200)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    state, step = checkpoints.load_latest()
+    assert step == 100
+    assert "corrupted" in capsys.readouterr().err
+    newest.write_bytes(bytes(data[: len(data) // 3]))  # truncated
+    assert checkpoints.load_latest()[1] == 100
+
+
+def test_checkpoint_loading_executes_no_code(tmp_path):
+    """A checkpoint holding a pickled object is refused by weights-only loading, even with a valid checksum."""
+    import hashlib
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    path = directory / "step-0000000001.pt"
+    torch.save({"payload": Hostile()}, path)
+    path.with_suffix(".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert Checkpointer(directory).load_latest() is None
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    checkpoints.save({"x": torch.ones(3)}, 1)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UldError, match="No space left on device.*previous checkpoint.*intact"):
+        checkpoints.save({"x": torch.zeros(3)}, 2)
+    monkeypatch.undo()
+    state, step = checkpoints.load_latest()
+    assert step == 1 and torch.equal(state["x"], torch.ones(3))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000000001.pt",
+                                                                          "step-0000000001.sha256"]
+
+
+def _cli(out: Path, steps: int, capacity: int = 5000) -> list[str]:
+    return [sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--seed", "3", "--steps", str(steps),
+            "--eval-every", "100", "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out),
+            "--small", "--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
+            "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
+            "--uld.buffer-capacity", str(capacity), "--threads", "1"]
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError
+        time.sleep(0.005)
+
+
+def test_sigint_saves_and_the_same_command_resumes_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(straight, 600), check=True, capture_output=True, timeout=600)
+    run = tmp_path / "interrupted"
+    process = subprocess.Popen(_cli(run, 600), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt once training has started (the first evaluations after the random phase exist).
+    _wait_for(lambda: (run / "eval.csv").exists() and len(read_eval_csv(run / "eval.csv")) >= 3, 300)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT
+    assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    step = _final_state(run)[1]
+    assert 200 <= step < 600
+    subprocess.run(_cli(run, 600), check=True, capture_output=True, timeout=600)
+    assert _returns(straight) == _returns(run)
+    _assert_same_agent(_final_state(straight)[0], _final_state(run)[0])
+
+
+def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    # A large replay makes each checkpoint write take long enough to be caught in the middle.
+    command = _cli(run, 100_000, capacity=3_000_000) + ["--checkpoint-every", "50"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    directory = run / "checkpoints"
+    try:
+        _wait_for(lambda: directory.exists() and any(p.name.endswith(".sha256") for p in directory.iterdir()), 300)
+        _wait_for(lambda: any(p.name.endswith(".pt.tmp") for p in directory.iterdir()), 300)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert any(p.name.endswith(".tmp") for p in directory.iterdir())  # killed mid-write
+    state, step = Checkpointer(directory).load_latest()
+    assert step % 50 == 0 and step >= 50
+    assert state["trainer"]["step"] == step
