@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+
+import tyro
 
 USAGE = """usage: uld COMMAND [OPTIONS]
 
 commands:
   train    train an agent on one env and seed (uld train --help)
+  eval     evaluate a trained run and optionally film an episode (uld eval --help)
   theory   check the papers' theorems numerically on random finite MDPs
 """
 
 
 def _train(argv: list[str]) -> int:
-    import tyro
-
     from uld.agents.uld.config import reduced_config
     from uld.train.run import TrainConfig, train
 
@@ -27,13 +29,36 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate the trained policy of a run directory on its env (seeded with seed + 100)."""
+
+    run_dir: tyro.conf.Positional[str]
+    """The run directory written by uld train."""
+    episodes: int = 10
+    """Episodes to evaluate."""
+    video: str | None = None
+    """Write the first episode as an mp4 to this path."""
+
+
+def _eval(argv: list[str]) -> int:
+    from uld.train.playback import evaluate_run, summary
+
+    config = tyro.cli(EvalConfig, args=argv, prog="uld eval", description=EvalConfig.__doc__)
+    returns = evaluate_run(config.run_dir, config.episodes, config.video)
+    print(summary(returns))
+    if config.video:
+        print(f"video: {config.video}")
+    return 0
+
+
 def _theory(argv: list[str]) -> int:
     from uld.theory.report import main as theory_main
 
     return theory_main(argv)
 
 
-COMMANDS = {"train": _train, "theory": _theory}
+COMMANDS = {"train": _train, "eval": _eval, "theory": _theory}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,104 @@
+"""Using trained agents: load one from its run directory, evaluate it, film an episode."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uld.agents import build_agent
+from uld.envs import make_env
+from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer
+
+
+@dataclass
+class TrainedAgent:
+    """A trained agent with its run's configuration; act(obs) is the deterministic policy."""
+
+    agent: Any
+    config: Any
+    step: int
+
+    def act(self, obs: np.ndarray) -> np.ndarray | int:
+        """The evaluation action for one observation (no exploration noise)."""
+        return self.agent.act(obs, explore=False)
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
+    """Load the agent of a run directory from its newest complete checkpoint.
+
+    Raises UldError when the directory holds no run or no checkpoint.
+    """
+    from uld.train.run import config_from_dict
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise UldError(f"{run_dir} is not a run directory (no config.json); pass a directory written by uld train")
+    config = config_from_dict(json.loads(config_path.read_text()))
+    loaded = Checkpointer(run_dir / "checkpoints").load_latest()
+    if loaded is None:
+        raise UldError(f"{run_dir} has no complete checkpoint yet; train longer or resume the run first")
+    state, step = loaded
+    env = make_env(config.env, seed=config.seed + 100, evaluation=True)
+    agent, _ = build_agent(config.agent, env.spec, getattr(config, config.agent), device=device,
+                           precision="fp32", seed=config.seed, total_steps=config.steps)
+    env.close()
+    agent.load_state_dict(state["agent"])
+    return TrainedAgent(agent=agent, config=config, step=step)
+
+
+def _frame(env) -> np.ndarray:
+    try:
+        return env.render(height=256, width=256)  # dm_control renders at any size
+    except TypeError:
+        return env.render()
+
+
+def evaluate_run(run_dir: str | Path, episodes: int = 10, video: str | Path | None = None,
+                 seed_offset: int = 100) -> list[float]:
+    """Evaluate a run's trained policy for `episodes` episodes on an env seeded with seed + seed_offset.
+
+    With `video`, the first episode is also written as an mp4 through the env's renderer.
+    """
+    if episodes <= 0:
+        raise UldError(f"--episodes must be a positive integer, got {episodes}")
+    trained = load(run_dir)
+    env = make_env(trained.config.env, seed=trained.config.seed + seed_offset, evaluation=True)
+    writer = None
+    if video is not None:
+        try:
+            import imageio.v2 as imageio
+        except ImportError as error:
+            raise UldError("writing a video needs imageio and imageio-ffmpeg: pip install 'uld[video]'") from error
+        Path(video).parent.mkdir(parents=True, exist_ok=True)
+        writer = imageio.get_writer(str(video), fps=30, macro_block_size=8)
+    returns = []
+    try:
+        for episode in range(episodes):
+            obs, done, total = env.reset(), False, 0.0
+            film = writer is not None and episode == 0
+            if film:
+                writer.append_data(_frame(env))
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(trained.act(obs))
+                total += reward
+                done = terminated or truncated
+                if film:
+                    writer.append_data(_frame(env))
+            returns.append(total)
+    finally:
+        if writer is not None:
+            writer.close()
+        env.close()
+    return returns
+
+
+def summary(returns: list[float]) -> str:
+    spread = statistics.pstdev(returns) if len(returns) > 1 else 0.0
+    return f"mean return {statistics.fmean(returns):.1f} ± {spread:.1f} over {len(returns)} episodes"
