@@ -181,3 +181,30 @@ def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(
     state, step = Checkpointer(directory).load_latest()
     assert step % 50 == 0 and step >= 50
     assert state["trainer"]["step"] == step
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import uld.train.run as run_module
+
+    real_make_env = run_module.make_env
+
+    class PoisonedRewards:
+        """A real env whose rewards become NaN after 250 steps, as a broken reward function would."""
+
+        def __init__(self, env):
+            self.env, self.spec, self.steps = env, env.spec, 0
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self.steps += 1
+            return obs, (float("nan") if self.steps > 250 else reward), terminated, truncated, info
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+
+    monkeypatch.setattr(run_module, "make_env", lambda name, seed, **kw: PoisonedRewards(real_make_env(name, seed, **kw)))
+    with pytest.raises(UldError, match="diverged at step 300.*non-finite.*last good checkpoint is kept"):
+        train(_config(tmp_path / "run", 1000, checkpoint_every=100))
+    state, step = _final_state(tmp_path / "run")
+    assert step == 200
+    assert all(torch.isfinite(t).all() for t in state["agent"]["value"].values())
