@@ -2,7 +2,8 @@
 
     python benchmarks/learning.py --envs dmc:cartpole-balance dmc:cheetah-run --seeds 0 --steps 30000
 
-Each (env, seed) is trained by `uld train` in its own process (runs in parallel get one torch thread
+Each (env, seed) is trained by `uld train` in its own process (an interrupted run resumes from its
+checkpoint when the command is run again) (runs in parallel get one torch thread
 each, since two 2-thread processes on a 2-core CPU slow matmuls by an order of magnitude). Existing
 run directories that already reached --steps are not retrained, so the comparison can be re-printed
 with the same command. The reference is ../shared/reference/mrq (10 seeds per task, evaluations every
@@ -59,7 +60,6 @@ def train_all(envs: list[str], seeds: list[int], steps: int, out: Path, parallel
         while len(running) >= parallel:
             running.pop(0).wait()
         path = run_dir(out, env, seed)
-        (path / "eval.csv").unlink(missing_ok=True)  # an unfinished run starts over
         path.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "uld.cli", "train", "--env", env, "--seed", str(seed), "--steps", str(steps),
                    "--out", str(path), "--no-progress", *extra]
