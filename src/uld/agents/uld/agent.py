@@ -50,9 +50,10 @@ class ULDAgent:
         self.device = torch.device(device)
         cfg = self.config
         self.encoder = Encoder(spec.obs_shape, spec.action_dim, cfg.zs_dim, cfg.zsa_dim, cfg.za_dim,
-                               cfg.hidden_dim, cfg.num_bins, spec.pixels).to(self.device)
+                               cfg.hidden_dim, cfg.num_bins, spec.pixels,
+                               nonlinear_model=cfg.latent_model == "mlp").to(self.device)
         self.policy = Policy(cfg.zs_dim, spec.action_dim, cfg.hidden_dim, spec.discrete, cfg.gumbel_tau).to(self.device)
-        self.value = Value(cfg.zsa_dim, cfg.hidden_dim).to(self.device)
+        self.value = Value(cfg.zsa_dim, cfg.hidden_dim, linear=cfg.value_model == "linear").to(self.device)
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.value_target = copy.deepcopy(self.value).requires_grad_(False)
@@ -99,9 +100,11 @@ class ULDAgent:
         if (self.training_step - 1) % cfg.target_update_period == 0:
             self._copy_targets()
             self.target_reward_scale = self.reward_scale
-            self.reward_scale = buffer.reward_scale()
-            for _ in range(cfg.target_update_period):
-                metrics.update(self._update_encoder(buffer))
+            if cfg.reward_scaling:
+                self.reward_scale = buffer.reward_scale()
+            if cfg.model_based_representation:
+                for _ in range(cfg.target_update_period):
+                    metrics.update(self._update_encoder(buffer))
         metrics.update(self._update_value_and_policy(buffer))
         return metrics
 
@@ -109,6 +112,11 @@ class ULDAgent:
         for online, target in ((self.encoder, self.encoder_target), (self.policy, self.policy_target),
                                (self.value, self.value_target)):
             target.load_state_dict(online.state_dict())
+
+    @property
+    def _encoder_for_targets(self) -> Encoder:
+        """The target encoder, or the online one in the design study's no-target-encoder variant."""
+        return self.encoder_target if self.config.target_encoder else self.encoder
 
     def _prepare_obs(self, obs: Tensor) -> Tensor:
         """(B, T, *obs_shape) -> (B * T, *obs_shape) as float, augmented for pixels."""
@@ -119,13 +127,19 @@ class ULDAgent:
 
     def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
-        batch = buffer.sample(cfg.batch_size, cfg.enc_horizon, self.device)
-        obs = self._prepare_obs(batch.obs).unflatten(0, batch.obs.shape[:2])
+        H = cfg.enc_horizon
+        batch = buffer.sample(cfg.batch_size, cfg.encoder_window, self.device)
+        obs = self._prepare_obs(batch.obs[:, : H + 1]).unflatten(0, (batch.obs.shape[0], H + 1))
+        next_action = None
         with torch.no_grad():
-            target_zs = self.encoder_target.f(obs[:, 1:].flatten(0, 1)).unflatten(0, obs.shape[:1] + (cfg.enc_horizon,))
+            target_encoder = self._encoder_for_targets
+            target = target_encoder.f(obs[:, 1:].flatten(0, 1)).unflatten(0, (obs.shape[0], H))
+            if cfg.dynamics_target == "zsa":  # design study: the target is the next state-action embedding
+                next_action = batch.action[:, 1 : H + 1]
+                target = target_encoder.g(target, next_action)
         loss, metrics = losses.encoder_loss(
-            self.encoder, obs[:, 0], batch.action, batch.reward, batch.terminated, target_zs, self.bins,
-            cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated,
+            self.encoder, obs[:, 0], batch.action[:, :H], batch.reward[:, :H], batch.terminated[:, :H], target,
+            self.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated, next_action,
         )
         self.encoder_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,18 +160,27 @@ class ULDAgent:
         obs = self._prepare_obs(batch.obs[:, [0, cfg.q_horizon]]).unflatten(0, (batch.obs.shape[0], 2))
         with torch.no_grad():
             R, ND = losses.n_step_return(batch.reward, batch.terminated, cfg.discount)
-            zs_next = self.encoder_target.f(obs[:, 1])
-            next_q = self.value_target(self.encoder_target.g(zs_next, self._target_action(zs_next)))
+            target_encoder = self._encoder_for_targets
+            zs_next = target_encoder.f(obs[:, 1])
+            next_q = self.value_target(target_encoder.g(zs_next, self._target_action(zs_next)))
             y = losses.critic_target(R, ND, next_q, cfg.discount, cfg.q_horizon,
-                                     self.reward_scale, self.target_reward_scale)
+                                     self.reward_scale, self.target_reward_scale, cfg.clipped_double_q)
+        # The critic gives the encoder no gradient, except in the design study's variant without a
+        # model-based representation, where the critic loss is what trains the encoder.
+        with torch.set_grad_enabled(not cfg.model_based_representation):
             zs = self.encoder.f(obs[:, 0])
             zsa = self.encoder.g(zs, batch.action[:, 0])
+        zs = zs.detach()
 
-        value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y)
+        value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, cfg.critic_loss)
         self.value_optimizer.zero_grad(set_to_none=True)
+        if not cfg.model_based_representation:
+            self.encoder_optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.value_grad_clip, foreach=True)
         self.value_optimizer.step()
+        if not cfg.model_based_representation:
+            self.encoder_optimizer.step()
 
         # The actor's gradient flows through g and Q to the action only: no weight gradients there.
         self.encoder.requires_grad_(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,34 @@ class ULDConfig:
     pixel_augmentation: bool = True
     """pixels / DrQ shift augmentation (replicate-pad 4, random integer shift per image)."""
 
+    # Switches of MR.Q's design study (issue 8). The defaults are the published algorithm; 1-step
+    # returns and no unroll are q_horizon=1 and enc_horizon=1.
+    value_model: Literal["mlp", "linear"] = "mlp"
+    """design study / value function: the spec's MLP heads, or linear in zsa."""
+    dynamics_target: Literal["zs", "zsa"] = "zs"
+    """design study / dynamics target: next zs, or next zsa = g_target(f_target(s'), a') of the predicted zs."""
+    target_encoder: bool = True
+    """design study / use the target encoder for dynamics and value targets (False: the online encoder, detached)."""
+    latent_model: Literal["linear", "mlp"] = "linear"
+    """design study / latent model head on zsa: the spec's Linear, or a non-linear MLP."""
+    reward_scaling: bool = True
+    """design study / divide value targets by the mean |r| (False: reward scale fixed at 1)."""
+    clipped_double_q: bool = True
+    """design study / bootstrap from min over the two Q heads (False: their mean)."""
+    critic_loss: Literal["huber", "mse"] = "huber"
+    """design study / critic loss: Huber (smooth L1, beta 1) or MSE."""
+    model_based_representation: bool = True
+    """design study / train the encoder with the dynamics, reward and done losses (False: by the critic loss)."""
+
+    @property
+    def encoder_window(self) -> int:
+        """Steps an encoder batch needs: H_enc, plus the next action when the dynamics target is zsa."""
+        return self.enc_horizon + (1 if self.dynamics_target == "zsa" else 0)
+
     @property
     def horizon(self) -> int:
         """Length of the stored subsequences: max(H_enc, H_Q) (spec: Replay buffer)."""
-        return max(self.enc_horizon, self.q_horizon)
+        return max(self.encoder_window, self.q_horizon)
 
     def for_discrete(self) -> ULDConfig:
         """Discrete actions halve sigma, target noise and clip (spec: Hyperparameters, discrete)."""

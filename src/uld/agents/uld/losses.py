@@ -65,19 +65,22 @@ def encoder_loss(
     reward_weight: float,
     done_weight: float,
     use_done: bool,
+    next_action: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """The latent model unrolled H_enc steps from zs = f(s_0) (spec: Losses, Encoder).
 
     target_zs[:, i] = f_target(s_{i+1}). Predicted zs are fed back as they leave the head; steps
     after a terminal are masked; terms are summed over the unroll. `use_done` is False until the
-    environment has ever terminated.
+    environment has ever terminated. Design study: with `next_action` (a_{i+1}), the dynamics term
+    compares g(predicted zs, a_{i+1}) with target_zs[:, i] = g_target(f_target(s_{i+1}), a_{i+1}).
     """
     zs = encoder.f(obs0)
     mask = torch.ones_like(reward[:, 0])
     dynamics = reward_ce = done_mse = zs.new_zeros(())
     for i in range(action.shape[1]):
         done_pred, zs, reward_logits = encoder.predict(encoder.g(zs, action[:, i]))
-        dynamics = dynamics + (mask * (zs.float() - target_zs[:, i].float()).pow(2).mean(-1)).mean()
+        predicted = zs if next_action is None else encoder.g(zs, next_action[:, i])
+        dynamics = dynamics + (mask * (predicted.float() - target_zs[:, i].float()).pow(2).mean(-1)).mean()
         target_dist = two_hot(reward[:, i], bins)
         ce = -(target_dist * F.log_softmax(reward_logits.float(), dim=-1)).sum(-1)
         reward_ce = reward_ce + (mask * ce).mean()
@@ -102,16 +105,26 @@ def critic_target(
     horizon: int,
     reward_scale: float,
     target_reward_scale: float,
+    clipped_double_q: bool = True,
 ) -> Tensor:
-    """y = (R + ND gamma^H min_j Q_target_j * target_reward_scale) / reward_scale. next_q: (B, 2)."""
-    bootstrap = next_q.min(dim=-1).values * target_reward_scale
+    """y = (R + ND gamma^H min_j Q_target_j * target_reward_scale) / reward_scale. next_q: (B, 2).
+
+    Design study: without clipped double Q, the bootstrap is the mean of the two heads.
+    """
+    bootstrap = (next_q.min(dim=-1).values if clipped_double_q else next_q.mean(dim=-1)) * target_reward_scale
     return ((R + ND * discount**horizon * bootstrap) / reward_scale).unsqueeze(-1)
 
 
-def critic_loss(value: Value, zsa: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Metrics]:
-    """Huber loss of both Q heads against y (spec: Losses, Critic). Returns (loss, |Q - y| max over heads, metrics)."""
+def critic_loss(value: Value, zsa: Tensor, y: Tensor, loss_type: str = "huber") -> tuple[Tensor, Tensor, Metrics]:
+    """Huber loss of both Q heads against y (spec: Losses, Critic). Returns (loss, |Q - y| max over heads, metrics).
+
+    Design study: loss_type "mse" replaces the Huber loss by the mean squared error.
+    """
     q = value(zsa).float()
-    loss = F.smooth_l1_loss(q, y.expand_as(q))
+    if loss_type == "huber":
+        loss = F.smooth_l1_loss(q, y.expand_as(q))
+    else:
+        loss = F.mse_loss(q, y.expand_as(q))
     td_error = (q.detach() - y).abs().max(dim=-1).values
     return loss, td_error, {
         "critic/loss": loss.detach(),

@@ -80,7 +80,7 @@ class Encoder(nn.Module):
     """f (state encoder), g (state-action encoder) and the latent model head on zsa."""
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, zs_dim: int, zsa_dim: int,
-                 za_dim: int, hidden_dim: int, num_bins: int, pixels: bool):
+                 za_dim: int, hidden_dim: int, num_bins: int, pixels: bool, nonlinear_model: bool = False):
         super().__init__()
         if pixels:
             self.state_encoder = PixelStateEncoder(obs_shape[0], zs_dim, obs_shape[-1])
@@ -88,7 +88,10 @@ class Encoder(nn.Module):
             self.state_encoder = VectorStateEncoder(obs_shape[0], zs_dim, hidden_dim)
         self.action_encoder = nn.Linear(action_dim, za_dim)
         self.state_action_encoder = MLP(zs_dim + za_dim, zsa_dim, hidden_dim, F.elu)
-        self.model = nn.Linear(zsa_dim, 1 + zs_dim + num_bins)
+        if nonlinear_model:  # design study: a non-linear latent model
+            self.model = MLP(zsa_dim, 1 + zs_dim + num_bins, hidden_dim, F.elu)
+        else:
+            self.model = nn.Linear(zsa_dim, 1 + zs_dim + num_bins)
         self.zs_dim = zs_dim
         self.apply(init_weights)
 
@@ -127,15 +130,20 @@ class Policy(nn.Module):
 class Value(nn.Module):
     """Two independent Q heads on zsa: Linear(ln_act_elu(MLP_elu(zsa))). Output (B, 2)."""
 
-    def __init__(self, zsa_dim: int, hidden_dim: int):
+    def __init__(self, zsa_dim: int, hidden_dim: int, linear: bool = False):
         super().__init__()
-        self.q1 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
-        self.q2 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
-        self.out1 = nn.Linear(hidden_dim, 1)
-        self.out2 = nn.Linear(hidden_dim, 1)
+        self.linear = linear
+        if linear:  # design study: Q linear in zsa
+            self.out1, self.out2 = nn.Linear(zsa_dim, 1), nn.Linear(zsa_dim, 1)
+        else:
+            self.q1 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
+            self.q2 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
+            self.out1, self.out2 = nn.Linear(hidden_dim, 1), nn.Linear(hidden_dim, 1)
         self.apply(init_weights)
 
     def forward(self, zsa: Tensor) -> Tensor:
+        if self.linear:
+            return torch.cat([self.out1(zsa), self.out2(zsa)], dim=-1)
         q1 = self.out1(ln_act(self.q1(zsa), F.elu))
         q2 = self.out2(ln_act(self.q2(zsa), F.elu))
         return torch.cat([q1, q2], dim=-1)

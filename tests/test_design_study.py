@@ -1,0 +1,129 @@
+"""MR.Q's design study: each switch of the ULD config changes exactly what it names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uld.agents.uld import losses
+from uld.agents.uld.agent import ULDAgent, make_buffer
+from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.design_study import VARIANTS, variant
+from uld.envs.base import EnvSpec
+
+SPEC = EnvSpec("test", (3,), 2, False, 50)
+SMALL = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16, target_update_period=3,
+                  buffer_capacity=500, random_steps=0)
+
+
+def _filled(config: ULDConfig):
+    buffer = make_buffer(SPEC, config, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        buffer.add(rng.normal(size=3), rng.uniform(-1, 1, 2), 3.0 * rng.normal(), rng.normal(size=3),
+                   terminated=(t % 37 == 36), truncated=(t % 50 == 49))
+    return buffer
+
+
+def _counts(agent: ULDAgent) -> dict[str, int]:
+    return {name: sum(p.numel() for p in getattr(agent, name).parameters()) for name in ("encoder", "policy", "value")}
+
+
+def _agent(**changes) -> tuple[ULDAgent, object]:
+    torch.manual_seed(0)
+    config = variant("default", SMALL) if not changes else ULDConfig(**{**SMALL.__dict__, **changes})
+    return ULDAgent(SPEC, config), _filled(config)
+
+
+def test_every_variant_builds_and_updates():
+    for name in VARIANTS:
+        config = variant(name, SMALL)
+        torch.manual_seed(0)
+        agent, buffer = ULDAgent(SPEC, config), _filled(config)
+        metrics = agent.update(buffer)
+        assert all(torch.isfinite(v) for v in metrics.values()), name
+
+
+def test_linear_value_changes_only_the_value_network():
+    default, linear = _agent()[0], _agent(value_model="linear")[0]
+    assert _counts(linear)["value"] == 2 * (16 + 1)
+    assert _counts(linear)["encoder"] == _counts(default)["encoder"]
+    assert _counts(linear)["policy"] == _counts(default)["policy"]
+
+
+def test_nonlinear_model_changes_only_the_latent_model_head():
+    default, nonlinear = _counts(_agent()[0]), _counts(_agent(latent_model="mlp")[0])
+    head_out = 1 + 16 + 65
+    linear_head = 16 * head_out + head_out
+    mlp_head = (16 * 16 + 16) * 2 + 16 * head_out + head_out
+    assert nonlinear["encoder"] - default["encoder"] == mlp_head - linear_head
+    assert nonlinear["value"] == default["value"] and nonlinear["policy"] == default["policy"]
+
+
+def test_no_target_encoder_never_reads_the_target_encoder():
+    for use_target, expect_finite in ((False, True), (True, False)):
+        agent, buffer = _agent(target_encoder=use_target)
+        agent.update(buffer)  # the first update copies the targets; poison them afterwards
+        for p in agent.encoder_target.parameters():
+            p.data.fill_(float("nan"))
+        metrics = agent.update(buffer)
+        assert bool(torch.isfinite(metrics["critic/loss"])) is expect_finite
+
+
+def test_dynamics_target_zsa_needs_one_more_step_and_compares_embeddings():
+    config = variant("dynamics-target-zsa", SMALL)
+    assert config.encoder_window == 6 and config.horizon == 6
+    assert ULDConfig().horizon == 5
+    agent, buffer = ULDAgent(SPEC, config), _filled(config)
+    batch = buffer.sample(8, 6)
+    with torch.no_grad():
+        target = agent.encoder_target.g(agent.encoder_target.f(batch.obs[:, 1:6]), batch.action[:, 1:6])
+    loss, metrics = losses.encoder_loss(agent.encoder, batch.obs[:, 0], batch.action[:, :5], batch.reward[:, :5],
+                                        batch.terminated[:, :5], target, agent.bins, 1.0, 0.0, 0.0, False,
+                                        batch.action[:, 1:6])
+    assert target.shape == (8, 5, 16) and torch.isfinite(loss)
+
+
+def test_no_reward_scaling_keeps_the_scale_at_one():
+    for scaling, expected in ((True, None), (False, 1.0)):
+        agent, buffer = _agent(reward_scaling=scaling)
+        agent.update(buffer)
+        assert agent.reward_scale == (buffer.reward_scale() if expected is None else expected)
+    assert buffer.reward_scale() != pytest.approx(1.0)
+
+
+def test_clipped_double_q_and_mse_switch_the_target_and_the_loss():
+    R, ND = torch.tensor([1.0]), torch.tensor([1.0])
+    next_q = torch.tensor([[2.0, 4.0]])
+    assert losses.critic_target(R, ND, next_q, 0.5, 1, 1.0, 1.0, True).item() == 2.0  # 1 + 0.5 * 2
+    assert losses.critic_target(R, ND, next_q, 0.5, 1, 1.0, 1.0, False).item() == 2.5  # 1 + 0.5 * 3
+
+    class Fixed(torch.nn.Module):
+        def forward(self, zsa):
+            return torch.tensor([[0.0, 3.0]])
+
+    y = torch.tensor([[1.0]])
+    huber, _, _ = losses.critic_loss(Fixed(), None, y, "huber")
+    mse, _, _ = losses.critic_loss(Fixed(), None, y, "mse")
+    assert huber.item() == pytest.approx((0.5 + 1.5) / 2)  # |e|=1 -> 0.5; |e|=2 -> 1.5
+    assert mse.item() == pytest.approx((1.0 + 4.0) / 2)
+
+
+def test_no_model_based_representation_trains_the_encoder_with_the_critic():
+    agent, buffer = _agent(model_based_representation=False)
+    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    metrics = agent.update(buffer)
+    assert not any(name.startswith("encoder/") for name in metrics)  # no encoder losses, no burst
+    assert agent.encoder_optimizer.state_dict()["state"][0]["step"].item() == 1.0  # one step, from the critic
+    changed = [not torch.equal(a, b) for a, b in zip(before, agent.encoder.parameters())]
+    assert any(changed)
+    model_head = list(agent.encoder.model.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in model_head)  # the latent model is untouched
+
+
+def test_horizon_switches_are_the_existing_fields():
+    assert variant("1-step-return", SMALL).q_horizon == 1
+    assert variant("no-unroll", SMALL).enc_horizon == 1
+    agent, buffer = ULDAgent(SPEC, variant("no-unroll", SMALL)), _filled(variant("no-unroll", SMALL))
+    assert agent.update(buffer)["encoder/loss"].isfinite()
