@@ -81,9 +81,8 @@ def filled_agent(env_name: str, precision: str) -> tuple[ULDAgent, object]:
 
 def one_step(agent: ULDAgent, buffer) -> None:
     """What one environment step costs on average: one encoder update, one value + policy update."""
-    with agent._autocast():
-        agent._update_encoder(buffer)
-        agent._update_value_and_policy(buffer)
+    agent._update_encoder(buffer)
+    agent._update_value_and_policy(buffer)
 
 
 def time_steps(agent: ULDAgent, buffer, steps: int) -> float:

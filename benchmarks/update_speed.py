@@ -7,7 +7,8 @@ update is steps 1-5 of spec/ALM.md (four Adam steps on batches of 512). ULD's sc
 environment step, on average one encoder, one value and one policy update, with the encoder updates
 bunched every 250 steps; ULD is timed with a target period of 1 so that every call does exactly that
 amount of work (plus one cheap target copy). Both run in fp32 unless --precision says otherwise.
-The ratio column is the one to quote: the absolute numbers move with the machine's load.
+The two agents' updates are timed alternately, so the ratio column holds even when the machine's load
+moves the absolute numbers.
 """
 
 from __future__ import annotations
@@ -35,17 +36,12 @@ def fill(buffer, env, transitions: int) -> None:
         obs = env.reset() if terminated or truncated else next_obs
 
 
-def time_updates(agent, buffer, warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` updates after `warmup` untimed ones."""
-    for _ in range(warmup):
-        agent.update(buffer)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        metrics = agent.update(buffer)
-        float(next(iter(metrics.values())))  # wait for the device before stopping the clock
-        seconds.append(time.perf_counter() - start)
-    return seconds
+def time_update(agent, buffer) -> float:
+    """Seconds of one update, waiting for the device before the clock stops."""
+    start = time.perf_counter()
+    metrics = agent.update(buffer)
+    float(next(iter(metrics.values())))
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -63,18 +59,28 @@ def main() -> None:
         "alm": ALMConfig(),
         "uld": dataclasses.replace(ULDConfig(), target_update_period=1),
     }
-    rows = []
+    agents = {}
     for name, config in configs.items():
         env = make_env(args.env, seed=0)
         agent, buffer = build_agent(name, env.spec, config, device=args.device, precision=args.precision,
                                     seed=0, total_steps=100_000)
         fill(buffer, env, args.transitions)
-        seconds = time_updates(agent, buffer, args.warmup, args.repeats)
+        env.close()
+        for _ in range(args.warmup):
+            agent.update(buffer)
+        agents[name] = (agent, buffer)
+    # Interleaved (ALM, ULD, ALM, ULD, ...) so that both see the same background load.
+    seconds: dict[str, list[float]] = {name: [] for name in agents}
+    for _ in range(args.repeats):
+        for name, (agent, buffer) in agents.items():
+            seconds[name].append(time_update(agent, buffer))
+    rows = []
+    for name, (agent, _) in agents.items():
         # Targets are frozen copies (requires_grad False), so this counts the online networks only.
         params = sum(p.numel() for module in vars(agent).values() if isinstance(module, torch.nn.Module)
                      for p in module.parameters() if p.requires_grad)
-        rows.append((name, statistics.median(seconds) * 1e3, min(seconds) * 1e3, max(seconds) * 1e3, params))
-        env.close()
+        times = seconds[name]
+        rows.append((name, statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3, params))
 
     alm_ms = rows[0][1]
     print(f"env {args.env}, device {args.device}, precision {args.precision}, torch threads {torch.get_num_threads()}, "

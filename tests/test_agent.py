@@ -396,3 +396,29 @@ def test_same_seed_gives_identical_update_metrics_and_parameters() -> None:
     np.testing.assert_array_equal(buffer_a.priority, buffer_b.priority)
     _, _, history_c = run_updates(1)
     assert not torch.equal(history_a[-1]["critic/loss"], history_c[-1]["critic/loss"])
+
+
+def test_bf16_updates_see_the_weights_of_the_previous_step(monkeypatch) -> None:
+    """Autocast caches bf16 weight copies per block: each update must open its own block, or a burst of
+    encoder updates would all compute with the weights from before the burst."""
+    spec = EnvSpec("test", (3,), 2, False, 50)
+    config = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16, target_update_period=3,
+                       buffer_capacity=500, random_steps=0)
+    torch.manual_seed(0)
+    agent = ULDAgent(spec, config, precision="bf16")
+    buffer = make_buffer(spec, config, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(100):
+        buffer.add(rng.normal(size=3), rng.uniform(-1, 1, 2), rng.normal(), rng.normal(size=3), False, t % 50 == 49)
+    fixed = buffer.sample(8, config.horizon)
+    monkeypatch.setattr(buffer, "sample", lambda batch_size, horizon, device="cpu": buffer.gather(fixed.index, horizon))
+    seen = []
+    encoder_loss = losses.encoder_loss
+
+    def recording(encoder, obs0, *args, **kwargs):
+        seen.append(encoder.f(obs0).float().sum().item())
+        return encoder_loss(encoder, obs0, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "encoder_loss", recording)
+    agent.update(buffer)
+    assert len(seen) == 3 and len(set(seen)) == 3, seen

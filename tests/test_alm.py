@@ -299,6 +299,25 @@ def test_bf16_update_is_finite() -> None:
     assert all(torch.isfinite(v) for v in metrics.values())
 
 
+def test_bf16_losses_see_the_weights_the_steps_before_them_wrote() -> None:
+    """Autocast caches bf16 weight copies per block: a block spanning an optimizer step would hide the step."""
+    agent, buffer = tiny_agent(precision="bf16"), filled_buffer()
+    last = agent.model.net[-1]
+
+    def pin_model_mean() -> None:  # stands in for the model's Adam step: m's mean becomes 30 tanh(20 / 30)
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias[: TINY.latent_dim] = 20.0
+            last.bias[TINY.latent_dim :] = -1e4
+
+    agent.model_optimizer.step = pin_model_mean
+    seen = {}
+    agent.classifier.register_forward_hook(lambda module, args, out: seen.setdefault("next_z", args[2]))
+    agent.update(buffer)
+    model_half = seen["next_z"][TINY.batch_size - TINY.batch_size // 2 :].float()
+    assert torch.all((model_half - 30 * math.tanh(20 / 30)).abs() < 1.0)
+
+
 def test_act_stays_in_bounds_and_uses_the_schedule() -> None:
     agent = tiny_agent()
     obs = np.random.default_rng(0).normal(size=5).astype(np.float32)

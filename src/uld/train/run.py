@@ -70,7 +70,8 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """This config with every default that depends on the env and the agent filled in."""
         protocol = alm_protocol(self.env) if self.agent == "alm" else protocol_for(self.env)
-        out = self.out or str(Path("runs") / self.agent / self.env.replace(":", "_").replace("/", "_") / f"seed{self.seed}")
+        env_dir = self.env.replace(":", "_").replace("/", "_")
+        out = self.out or str(Path("runs") / self.agent / env_dir / f"seed{self.seed}")
         return dataclasses.replace(
             self,
             steps=self.steps if self.steps is not None else protocol.steps,

@@ -97,7 +97,11 @@ class ALMAgent:
     # ---- learning -----------------------------------------------------------------------------
 
     def _autocast(self):
-        """bf16 autocast for the matmuls when asked for (losses and optimizer states stay fp32)."""
+        """bf16 autocast for a loss's forward pass when asked for (losses and optimizer states stay fp32).
+
+        Each loss gets its own autocast block: autocast caches the bf16 copy of every weight it casts
+        until the block exits, so a block spanning an optimizer step would go on using the old weights.
+        """
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
@@ -118,24 +122,32 @@ class ALMAgent:
         obs, next_obs = transitions.obs[:, 0], transitions.obs[:, 1]
         action, reward, terminated = transitions.action[:, 0], transitions.reward[:, 0], transitions.terminated[:, 0]
         metrics: dict[str, Tensor] = {}
+
         with self._autocast():
             loss, m = losses.model_loss(self.encoder, self.encoder_target, self.model, self.reward, self.critic,
                                         self.actor, sequences.obs, sequences.action, sequences.terminated,
                                         std, cfg.noise_clip)
-            metrics.update(m, **{"model/grad_norm": self._step(self.model_optimizer, loss)})
+        metrics.update(m)
+        metrics["model/grad_norm"] = self._step(self.model_optimizer, loss)
 
+        with self._autocast():
             loss, m = losses.reward_classifier_loss(self.encoder_target, self.model, self.reward, self.classifier,
                                                     obs, action, reward, next_obs)
-            metrics.update(m, **{"reward/grad_norm": self._step(self.reward_optimizer, loss)})
+        metrics.update(m)
+        metrics["reward/grad_norm"] = self._step(self.reward_optimizer, loss)
 
+        with self._autocast():
             loss, m = losses.critic_loss(self.encoder_target, self.critic, self.critic_target, self.actor,
                                          obs, action, reward, terminated, next_obs, std, cfg.noise_clip, cfg.discount)
-            metrics.update(m, **{"critic/grad_norm": self._step(self.critic_optimizer, loss)})
+        metrics.update(m)
+        metrics["critic/grad_norm"] = self._step(self.critic_optimizer, loss)
 
+        with self._autocast():
             loss, m = losses.actor_loss(self.encoder_target, self.model, self.reward, self.classifier, self.critic,
                                         self.actor, obs, std, cfg.noise_clip, cfg.discount, cfg.td_lambda,
                                         cfg.seq_len, cfg.classifier_weight)
-            metrics.update(m, **{"actor/grad_norm": self._step(self.actor_optimizer, loss)})
+        metrics.update(m)
+        metrics["actor/grad_norm"] = self._step(self.actor_optimizer, loss)
 
         polyak_update(self.encoder, self.encoder_target, cfg.tau)
         polyak_update(self.critic, self.critic_target, cfg.tau)

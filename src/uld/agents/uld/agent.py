@@ -85,15 +85,15 @@ class ULDAgent:
     # ---- learning -----------------------------------------------------------------------------
 
     def _autocast(self):
-        """bf16 autocast for the matmuls when asked for (losses and optimizer states stay fp32)."""
+        """bf16 autocast for the matmuls when asked for (losses and optimizer states stay fp32).
+
+        Autocast keeps the bf16 copies of the weights it made until its block exits, so each block
+        must end before the optimizer step that changes those weights: one block per forward pass.
+        """
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         """One training iteration: maybe a target copy and encoder burst, then value and policy."""
-        with self._autocast():
-            return self._update(buffer)
-
-    def _update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
         self.training_step += 1
         metrics: dict[str, Tensor] = {}
@@ -131,16 +131,18 @@ class ULDAgent:
         batch = buffer.sample(cfg.batch_size, cfg.encoder_window, self.device)
         obs = self._prepare_obs(batch.obs[:, : H + 1]).unflatten(0, (batch.obs.shape[0], H + 1))
         next_action = None
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             target_encoder = self._encoder_for_targets
             target = target_encoder.f(obs[:, 1:].flatten(0, 1)).unflatten(0, (obs.shape[0], H))
             if cfg.dynamics_target == "zsa":  # design study: the target is the next state-action embedding
                 next_action = batch.action[:, 1 : H + 1]
                 target = target_encoder.g(target, next_action)
-        loss, metrics = losses.encoder_loss(
-            self.encoder, obs[:, 0], batch.action[:, :H], batch.reward[:, :H], batch.terminated[:, :H], target,
-            self.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated, next_action,
-        )
+        with self._autocast():
+            loss, metrics = losses.encoder_loss(
+                self.encoder, obs[:, 0], batch.action[:, :H], batch.reward[:, :H], batch.terminated[:, :H], target,
+                self.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated,
+                next_action,
+            )
         self.encoder_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.encoder_optimizer.step()
@@ -158,7 +160,7 @@ class ULDAgent:
         cfg = self.config
         batch = buffer.sample(cfg.batch_size, cfg.q_horizon, self.device)
         obs = self._prepare_obs(batch.obs[:, [0, cfg.q_horizon]]).unflatten(0, (batch.obs.shape[0], 2))
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             R, ND = losses.n_step_return(batch.reward, batch.terminated, cfg.discount)
             target_encoder = self._encoder_for_targets
             zs_next = target_encoder.f(obs[:, 1])
@@ -167,12 +169,13 @@ class ULDAgent:
                                      self.reward_scale, self.target_reward_scale, cfg.clipped_double_q)
         # The critic gives the encoder no gradient, except in the design study's variant without a
         # model-based representation, where the critic loss is what trains the encoder.
-        with torch.set_grad_enabled(not cfg.model_based_representation):
-            zs = self.encoder.f(obs[:, 0])
-            zsa = self.encoder.g(zs, batch.action[:, 0])
+        with self._autocast():
+            with torch.set_grad_enabled(not cfg.model_based_representation):
+                zs = self.encoder.f(obs[:, 0])
+                zsa = self.encoder.g(zs, batch.action[:, 0])
+            value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, cfg.critic_loss)
         zs = zs.detach()
 
-        value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, cfg.critic_loss)
         self.value_optimizer.zero_grad(set_to_none=True)
         if not cfg.model_based_representation:
             self.encoder_optimizer.zero_grad(set_to_none=True)
@@ -185,7 +188,9 @@ class ULDAgent:
         # The actor's gradient flows through g and Q to the action only: no weight gradients there.
         self.encoder.requires_grad_(False)
         self.value.requires_grad_(False)
-        policy_loss, actor_metrics = losses.actor_loss(self.encoder, self.value, self.policy, zs, cfg.pre_activation_weight)
+        with self._autocast():  # a new block: the value weights changed in the step above
+            policy_loss, actor_metrics = losses.actor_loss(self.encoder, self.value, self.policy, zs,
+                                                           cfg.pre_activation_weight)
         self.policy_optimizer.zero_grad(set_to_none=True)
         policy_loss.backward()
         self.policy_optimizer.step()

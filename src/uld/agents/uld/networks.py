@@ -143,7 +143,10 @@ class Value(nn.Module):
 
     def forward(self, zsa: Tensor) -> Tensor:
         if self.linear:
-            return torch.cat([self.out1(zsa), self.out2(zsa)], dim=-1)
-        q1 = self.out1(ln_act(self.q1(zsa), F.elu))
-        q2 = self.out2(ln_act(self.q2(zsa), F.elu))
-        return torch.cat([q1, q2], dim=-1)
+            h1 = h2 = zsa
+        else:
+            h1, h2 = ln_act(self.q1(zsa), F.elu), ln_act(self.q2(zsa), F.elu)
+        # The scalar outputs stay in fp32 under bf16 autocast: bf16's 8-bit mantissa would round Q
+        # (tens to hundreds) to steps coarser than the TD errors it learns from.
+        with torch.autocast(zsa.device.type, enabled=False):
+            return torch.cat([self.out1(h1.float()), self.out2(h2.float())], dim=-1)
