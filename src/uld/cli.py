@@ -13,17 +13,26 @@ commands:
   train    train an agent on one env and seed (uld train --help)
   eval     evaluate a trained run and optionally film an episode (uld eval --help)
   theory   check the papers' theorems numerically on random finite MDPs
+  suites   list the benchmark suites and their budgets (uld suites [SUITE] lists a suite's envs)
+  sweep    train every task and seed of a suite, here or on a Ray cluster (uld sweep --help)
+  report   aggregate metrics, learning curves and report.md for a sweep (uld report --help)
 """
 
 
-def _train(argv: list[str]) -> int:
+def parse_train_args(argv: list[str]):
+    """uld train's options as a TrainConfig (uld sweep checks the options it passes on with it too)."""
     from uld.agents.uld.config import reduced_config
-    from uld.train.run import TrainConfig, train
+    from uld.train.run import TrainConfig
 
     # --small changes the defaults that the other flags override, so it is read before parsing.
     default = TrainConfig(small=True, uld=reduced_config()) if "--small" in argv else TrainConfig()
-    config = tyro.cli(TrainConfig, args=argv, default=default, prog="uld train",
-                      description=TrainConfig.__doc__)
+    return tyro.cli(TrainConfig, args=argv, default=default, prog="uld train", description=TrainConfig.__doc__)
+
+
+def _train(argv: list[str]) -> int:
+    from uld.train.run import train
+
+    config = parse_train_args(argv)
     run_dir = train(config)
     print(f"run finished: {run_dir}/eval.csv")
     return 0
@@ -58,7 +67,33 @@ def _theory(argv: list[str]) -> int:
     return theory_main(argv)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "theory": _theory}
+def _suites(argv: list[str]) -> int:
+    from uld.analysis.suites import get_suite, suites_table
+
+    if argv and argv[0] not in ("-h", "--help"):
+        print("\n".join(get_suite(argv[0]).envs))
+    else:
+        print(suites_table())
+    return 0
+
+
+def _sweep(argv: list[str]) -> int:
+    from uld.analysis.sweep import SweepConfig, run_sweep
+
+    config, train_args = tyro.cli(SweepConfig, args=argv, prog="uld sweep", return_unknown_args=True)
+    return run_sweep(config, train_args)
+
+
+def _report(argv: list[str]) -> int:
+    from uld.analysis.report import ReportConfig, write_report
+
+    config = tyro.cli(ReportConfig, args=argv, prog="uld report")
+    print(f"report: {write_report(config)}")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "theory": _theory, "suites": _suites, "sweep": _sweep,
+            "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,192 @@
+"""uld sweep: a tiny 2 tasks x 2 seeds sweep finishes, skips finished runs, survives SIGINT and a killed Ray cluster.
+
+Every sweep here trains the same four runs, so each must end with the same eval.csv returns as the
+uninterrupted local sweep (resumption is exact; wall_seconds differ and are not compared).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from uld.analysis.sweep import finished_step, parse_seeds
+from uld.errors import UldError
+from uld.train.logger import read_eval_csv
+
+ENVS = ("gym:Pendulum-v1", "dmc:cartpole-balance")
+RUNS = ("gym_Pendulum-v1/seed0", "gym_Pendulum-v1/seed1", "dmc_cartpole-balance/seed0", "dmc_cartpole-balance/seed1")
+TINY = ("--steps", "60", "--eval-every", "30", "--eval-episodes", "1", "--small", "--uld.batch-size", "8",
+        "--uld.hidden-dim", "16", "--uld.zs-dim", "16", "--uld.zsa-dim", "16", "--uld.za-dim", "8",
+        "--uld.random-steps", "30", "--uld.target-update-period", "10", "--uld.buffer-capacity", "2000")
+
+
+def _command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "uld.cli", "sweep", "--envs", *ENVS, "--seeds", "0-1", "--out", str(out),
+            "--cpus-per-run", "1", *TINY, *extra]
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), **extra)
+
+
+def _sweep(out: Path, *extra: str, **environment: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(out, *extra), capture_output=True, text=True, env=_environment(**environment),
+                          timeout=400)
+
+
+def _start(out: Path, *extra: str, **environment: str) -> subprocess.Popen:
+    return subprocess.Popen(_command(out, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_environment(**environment))
+
+
+def _returns(run_dir: Path) -> list[tuple[int, list[float]]]:
+    return [(row["step"], row["returns"]) for row in read_eval_csv(run_dir / "eval.csv")]
+
+
+def _wait_until_training(out: Path, timeout: float = 300) -> None:
+    """Until some run has written its step-0 evaluation, i.e. runs are under way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in RUNS:
+            path = out / run / "eval.csv"
+            if path.exists() and len(path.read_text().splitlines()) >= 2:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no run of {out} started training within {timeout} s")
+
+
+def _assert_complete_and_equal(out: Path, straight: Path) -> None:
+    for run in RUNS:
+        assert finished_step(out / run) == 60, run
+        assert _returns(out / run) == _returns(straight / run), run
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted local sweep that the others are compared with."""
+    out = tmp_path_factory.mktemp("straight") / "sweep"
+    result = _sweep(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("0,3, 7") == [0, 3, 7]
+    assert parse_seeds("0-2,1,9") == [0, 1, 2, 9]
+    for bad in ("", "3-1", "a", "1-"):
+        with pytest.raises(UldError):
+            parse_seeds(bad)
+
+
+def test_options_set_by_the_sweep_cannot_be_passed_on(tmp_path):
+    result = _sweep(tmp_path / "sweep", "--seed", "3")
+    assert result.returncode == 2 and "--seed is set by uld sweep" in result.stderr
+
+
+def test_local_sweep_finishes_every_run_and_skips_them_the_second_time(straight):
+    for run in RUNS:
+        assert finished_step(straight / run) == 60
+        assert [step for step, _ in _returns(straight / run)] == [0, 30, 60]
+    assert (straight / "sweep.json").exists()
+    mtimes = {run: (straight / run / "eval.csv").stat().st_mtime_ns for run in RUNS}
+
+    again = _sweep(straight)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 runs, 4 finished already" in again.stdout
+    assert {run: (straight / run / "eval.csv").stat().st_mtime_ns for run in RUNS} == mtimes
+
+
+def test_interrupted_sweep_resumes_to_the_same_results(straight, tmp_path):
+    out = tmp_path / "sweep"
+    process = _start(out)
+    _wait_until_training(out)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output
+    assert "run the same command again" in output
+    assert sum(finished_step(out / run) == 60 for run in RUNS) < len(RUNS)
+
+    result = _sweep(out)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_complete_and_equal(out, straight)
+
+
+def test_ray_sweep_on_a_local_instance_interrupted_and_resumed(straight, tmp_path):
+    """--ray local starts a Ray instance here; SIGINT cancels its tasks, which stop their runs at a checkpoint."""
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    process = _start(out, "--ray", "local", RAY_AUTH_MODE="disabled")
+    _wait_until_training(out)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 130, output
+    assert sum(finished_step(out / run) == 60 for run in RUNS) < len(RUNS)
+
+    result = _sweep(out, "--ray", "local", RAY_AUTH_MODE="disabled")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_complete_and_equal(out, straight)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_survives_its_ray_cluster_being_killed(straight, tmp_path):
+    """The cluster (head, raylet, GCS) dies mid-sweep; running the sweep again here finishes every run."""
+    pytest.importorskip("ray")
+    if shutil.which("ray") is None:
+        pytest.skip("the ray command is not on PATH")
+    port = _free_port()
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head_log = open(tmp_path / "ray-head.log", "w")
+    # --block keeps the cluster's processes in this new session, so killing its group kills exactly this cluster.
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--ray-client-server-port", str(_free_port()), "--num-cpus", "2", "--include-dashboard",
+                             "false", "--disable-usage-stats", "--temp-dir", ray_dir],
+                            stdout=head_log, stderr=subprocess.STDOUT, env=_environment(RAY_AUTH_MODE="disabled"),
+                            start_new_session=True)
+    out = tmp_path / "sweep"
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in (tmp_path / "ray-head.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "ray-head.log").read_text()
+            time.sleep(0.5)
+        # The driver gives up 5 s after losing the cluster instead of Ray's default 60 s.
+        driver = _start(out, "--ray", f"127.0.0.1:{port}", RAY_AUTH_MODE="disabled",
+                        RAY_gcs_rpc_server_reconnect_timeout_s="5")
+        _wait_until_training(out)
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        try:
+            driver.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            driver.communicate()
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        head_log.close()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    finished = {run: (out / run / "eval.csv").stat().st_mtime_ns for run in RUNS if finished_step(out / run) == 60}
+
+    result = _sweep(out)  # on this machine, without Ray
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    _assert_complete_and_equal(out, straight)
+    assert {run: (out / run / "eval.csv").stat().st_mtime_ns for run in finished} == finished
