@@ -127,3 +127,36 @@ def test_horizon_switches_are_the_existing_fields():
     assert variant("no-unroll", SMALL).enc_horizon == 1
     agent, buffer = ULDAgent(SPEC, variant("no-unroll", SMALL)), _filled(variant("no-unroll", SMALL))
     assert agent.update(buffer)["encoder/loss"].isfinite()
+
+
+def test_variant_args_select_the_variant_through_the_cli():
+    from uld.agents.uld.design_study import variant_args
+    from uld.cli import parse_train_args
+
+    for name, changes in VARIANTS.items():
+        config = parse_train_args(variant_args(name))
+        for field, value in changes.items():
+            assert getattr(config.uld, field) == value, (name, field)
+
+
+def test_design_study_sweep_and_relative_scores(tmp_path):
+    """Two variants on one task, two seeds each, through the real sweep; then the relative-score table."""
+    import re
+
+    from uld.analysis.design_study import design_study_table, relative_score
+    from uld.analysis.sweep import SweepConfig, run_sweep
+
+    tiny = ["--small", "--uld.batch-size", "8", "--uld.hidden-dim", "16", "--uld.zs-dim", "16", "--uld.zsa-dim", "16",
+            "--uld.za-dim", "8", "--uld.random-steps", "30", "--uld.target-update-period", "10",
+            "--uld.buffer-capacity", "2000"]
+    config = SweepConfig(envs=("dmc:cartpole-balance",), seeds="0-1", steps=60, eval_every=60, eval_episodes=1,
+                         out=str(tmp_path / "study"), design_study=True, variants=("mse",), parallel=2)
+    assert run_sweep(config, tiny) == 0
+    table = design_study_table(tmp_path / "study", reps=200)
+    row = next(line for line in table.splitlines() if line.startswith("| mse |"))
+    point, low, high = (float(x) for x in re.findall(r"[+-]\d+\.\d+", row))
+    assert low <= point <= high and row.endswith("| 1 |")
+    # Hand-checked relative score: (mean(2, 4) - mean(1, 1) + mean(0.5) - mean(1.5)) / 2 = 0.5
+    variant = {"a": np.array([2.0, 4.0]), "b": np.array([0.5])}
+    default = {"a": np.array([1.0, 1.0]), "b": np.array([1.5])}
+    assert relative_score(variant, default, reps=100, seed=0)[0] == pytest.approx(0.5)

@@ -88,6 +88,15 @@ def _report(argv: list[str]) -> int:
     from uld.analysis.report import ReportConfig, write_report
 
     config = tyro.cli(ReportConfig, args=argv, prog="uld report")
+    from pathlib import Path
+
+    from uld.analysis.design_study import design_study_table, is_design_study
+
+    if is_design_study(Path(config.sweep_dir)):  # one sweep per variant: compare each with the default
+        table = design_study_table(Path(config.sweep_dir), config.reps, config.seed)
+        print(table)
+        (Path(config.sweep_dir) / "design_study.md").write_text("# Design study\n\n" + table + "\n")
+        return 0
     print(f"report: {write_report(config)}")
     return 0
 

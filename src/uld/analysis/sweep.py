@@ -75,6 +75,11 @@ class SweepConfig:
     filesystem every node sees."""
     max_retries: int = 2
     """Times a run that crashed (or whose Ray worker died) is started again; it resumes from its checkpoint."""
+    design_study: bool = False
+    """Run MR.Q's design study: every variant of --variants (default: all) as a sweep of its own under
+    <sweep>/<variant>; uld report on the sweep directory then compares each variant with the default."""
+    variants: tuple[str, ...] = ()
+    """With --design-study, the variants to run (uld.agents.uld.design_study.VARIANTS; default: all)."""
 
 
 @dataclass(frozen=True)
@@ -283,8 +288,30 @@ def _raise_on_sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def run_design_study(config: SweepConfig, train_args: list[str]) -> int:
+    """One sweep per design-study variant under <sweep>/<variant>, the default among them."""
+    from uld.agents.uld.design_study import VARIANTS, variant_args
+
+    if config.agent != "uld":
+        raise UldError("the design study varies the ULD agent; drop --agent or use --agent uld")
+    unknown = [name for name in config.variants if name not in VARIANTS]
+    if unknown:
+        raise UldError(f"unknown design-study variant {unknown[0]!r}; the variants are {', '.join(VARIANTS)}")
+    names = ["default", *(name for name in (config.variants or VARIANTS) if name != "default")]
+    sweep_dir = Path(config.out or Path("runs") / "sweeps" / f"design-study-{config.suite or 'custom'}").absolute()
+    status = 0
+    for name in names:
+        print(f"design study: variant {name}", flush=True)
+        variant_config = dataclasses.replace(config, design_study=False, variants=(), out=str(sweep_dir / name))
+        status = max(status, run_sweep(variant_config, [*train_args, *variant_args(name)]))
+    print(f"design study finished: uld report {sweep_dir}", flush=True)
+    return status
+
+
 def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
     """Plan, record and run a sweep; 0 when every run has finished, 1 when some failed."""
+    if config.design_study:
+        return run_design_study(config, train_args)
     if config.cpus_per_run < 1:
         raise UldError(f"--cpus-per-run must be at least 1, got {config.cpus_per_run}")
     if config.gpus_per_run and config.ray is None:
