@@ -55,7 +55,7 @@ class TrainConfig:
     log_every: int = 1000
     """Agent steps between training-metric records in TensorBoard."""
     small: bool = False
-    """Start from the reduced-size agent (128-wide networks, batch 64, 1k random steps): same algorithm, quick on a CPU."""
+    """Start from the reduced-size agent (ULD: 128-wide networks, batch 64, 1k random steps; ALM likewise): same algorithm, quick on a CPU."""
     checkpoint_minutes: float = 10.0
     """Wall-clock minutes between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."""
     checkpoint_every: int | None = None
