@@ -65,6 +65,23 @@ def test_half_then_resume_equals_straight(tmp_path, env):
     assert torch.equal(a["buffer"]["priority"], b["buffer"]["priority"])
 
 
+def test_alm_half_then_resume_equals_straight(tmp_path):
+    """The same for ALM: its agent, its FIFO replay and its exploration schedule resume exactly."""
+    from uld.agents.alm.config import reduced_config as reduced_alm
+
+    alm = reduced_alm(batch_size=16, hidden_dim=32, model_hidden_dim=32, latent_dim=8, random_steps=100)
+    straight = train(_config(tmp_path / "straight", 400, agent="alm", alm=alm))
+    split = tmp_path / "split"
+    train(_config(split, 300, agent="alm", alm=alm))
+    train(_config(split, 400, agent="alm", alm=alm))
+    assert _returns(straight) == _returns(split)
+    (a, _), (b, _) = _final_state(straight), _final_state(split)
+    for name, module in a["agent"].items():
+        if isinstance(module, dict) and all(isinstance(v, torch.Tensor) for v in module.values()):
+            for key, tensor in module.items():
+                assert torch.equal(tensor, b["agent"][name][key]), (name, key)
+
+
 def test_config_mismatch_is_refused_with_the_difference_named(tmp_path):
     train(_config(tmp_path / "run", 100))
     with pytest.raises(UldError, match=r"seed \(run: 3, this command: 4\)"):
