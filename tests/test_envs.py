@@ -228,7 +228,7 @@ def test_dmc_names_split_on_the_first_dash() -> None:
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("gym:CartPole-v1", "Discrete action space"), ("atari:Pong", "Atari"), ("dmc-pixels:walker-walk", "pixel")],
+    [("gym:FrozenLake-v1", "Discrete observation space"), ("gym:Blackjack-v1", "Tuple observation space")],
 )
 def test_unsupported_envs_are_refused_with_one_sentence(name: str, reason: str) -> None:
     with pytest.raises(UldError, match=reason) as error:

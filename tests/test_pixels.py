@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from uld.agents.uld.agent import make_buffer
 from uld.agents.uld.config import reduced_config
-from uld.envs import make_env
+from uld.envs import dmc, make_env
 from uld.envs.base import EnvSpec
 from uld.envs.dmc import FrameHistory
 from uld.errors import UldError
@@ -283,7 +283,9 @@ def test_dmc_pixels_unknown_task_suggests_pixel_names() -> None:
         make_env("dmc-pixels:walker-wlak", seed=0)
 
 
-def test_a_short_run_trains_on_dmc_pixels(tmp_path: Path) -> None:
+def test_a_short_run_trains_on_dmc_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 40-step episodes: short evaluations (rendering costs 20-45 ms a frame), and episode ends in the buffer.
+    monkeypatch.setattr(dmc, "MAX_EPISODE_STEPS", 40)
     config = TrainConfig(env="dmc-pixels:cartpole-swingup", steps=120, eval_every=120, eval_episodes=1,
                          out=str(tmp_path / "run"), progress=False, small=True,
                          uld=reduced_config(batch_size=4, random_steps=60, target_update_period=20,

@@ -78,7 +78,8 @@ def make_env(name: str, seed: int, evaluation: bool = False) -> Env:
 
         return make_atari_env(rest, seed, evaluation=evaluation)
     close = difflib.get_close_matches(name, _all_names(), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else "names look like gym:HalfCheetah-v5, dmc:walker-walk or atari:Pong."
+    examples = "gym:HalfCheetah-v5, dmc:walker-walk, dmc-pixels:walker-walk or atari:Pong"
+    hint = f"did you mean {', '.join(close)}?" if close else f"names look like {examples}."
     raise UldError(f"Unknown env name '{name}'; {hint}")
 
 

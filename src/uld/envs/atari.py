@@ -74,12 +74,15 @@ class AtariEnv:
         rom_id: the ROM's id in ale_py.roms, e.g. "pong".
         seed: seeds ALE (sticky actions and everything else ALE draws) and sample_action.
         evaluation: True for the evaluation env, which takes random actions with probability 0.001.
-        max_episode_frames: ALE frames per episode before truncation (108,000 by the protocol).
+        max_episode_frames: ALE frames per episode before truncation (default MAX_EPISODE_FRAMES,
+            the protocol's 108,000).
     """
 
     def __init__(self, game: str, rom_id: str, seed: int, *, evaluation: bool = False,
-                 max_episode_frames: int = MAX_EPISODE_FRAMES) -> None:
+                 max_episode_frames: int | None = None) -> None:
         ale_py, self._cv2 = _import_atari()
+        if max_episode_frames is None:
+            max_episode_frames = MAX_EPISODE_FRAMES
         from ale_py import roms
 
         ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # before construction: no banner
@@ -140,7 +143,7 @@ class AtariEnv:
                 break
         terminated = self._ale.game_over(with_truncation=False)
         truncated = not terminated and self._ale.game_truncated()
-        info = {"lives": self._ale.lives()}
+        info = {"lives": self._ale.lives(), "episode_frame_number": self._ale.getEpisodeFrameNumber()}
         return self._history.push(self._frame()), float(reward), terminated, truncated, info
 
     def sample_action(self) -> int:

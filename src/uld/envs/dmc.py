@@ -79,12 +79,9 @@ def _import_suite():
     """``dm_control.suite``; a MUJOCO_GL backend that cannot load becomes a UldError saying what to set."""
     try:
         from dm_control import suite
-    except ModuleNotFoundError as err:
-        if err.name is not None and err.name.split(".")[0] == "dm_control":
-            raise
-        raise UldError(f"dm_control could not load its OpenGL backend MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
-                       f"({err}); {RENDER_HELP}.") from err
     except (ImportError, AttributeError, RuntimeError, OSError) as err:  # PyOpenGL fails in several ways
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] == "dm_control":
+            raise  # dm_control itself is missing: not a rendering problem
         raise UldError(f"dm_control could not load its OpenGL backend MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
                        f"({err}); {RENDER_HELP}.") from err
     return suite
@@ -251,9 +248,10 @@ def make_dmc_env(domain: str, task: str, seed: int, pixels: bool = False) -> Env
     suite = _import_suite()
     prefix = "dmc-pixels" if pixels else "dmc"
     if (domain, task) not in suite.ALL_TASKS:
-        name, names = f"{domain}-{task}", list_dmc_tasks()
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"did you mean {', '.join(f'{prefix}:' + c for c in close)}?" if close else "see uld.envs.list_dmc_tasks()."
+        name = f"{domain}-{task}"
+        close = difflib.get_close_matches(name, list_dmc_tasks(), n=3)
+        suggestions = ", ".join(f"{prefix}:{c}" for c in close)
+        hint = f"did you mean {suggestions}?" if close else "see uld.envs.list_dmc_tasks()."
         raise UldError(f"Unknown dm_control task '{name}'; {hint}")
     env = suite.load(domain, task, task_kwargs={"random": seed})
     camera_id = _CAMERA_BY_DOMAIN.get(domain, 0)

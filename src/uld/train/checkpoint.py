@@ -32,7 +32,7 @@ def to_storable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype in (np.uint32, np.uint16):
             obj = obj.astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(obj))
+        return torch.from_numpy(np.ascontiguousarray(obj).reshape(obj.shape))  # keeps 0-d arrays 0-d
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):

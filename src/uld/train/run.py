@@ -33,7 +33,7 @@ class TrainConfig:
     agent: Literal["uld", "alm"] = "uld"
     """Which agent to train; its hyperparameters are the --<agent>.* options."""
     env: str = "gym:Pendulum-v1"
-    """Env name: gym:<Gymnasium id> or dmc:<domain>-<task>."""
+    """Env name: gym:<Gymnasium id>, dmc:<domain>-<task>, dmc-pixels:<domain>-<task> or atari:<Game>."""
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
     steps: int | None = None
