@@ -25,8 +25,9 @@ from uld.train.checkpoint import Checkpointer
 
 def fill(buffer, spec: EnvSpec, transitions: int, episode_length: int) -> None:
     rng = np.random.default_rng(0)
-    if spec.pixels:
-        obs = rng.integers(0, 255, size=spec.obs_shape, dtype=np.uint8)
+    if spec.pixels:  # a stack that repeats one frame, as at an episode's start
+        frame = rng.integers(0, 255, size=(spec.obs_shape[0] // spec.frame_history, *spec.obs_shape[1:]), dtype=np.uint8)
+        obs = np.concatenate([frame] * spec.frame_history)
     else:
         obs = rng.normal(size=spec.obs_shape).astype(np.float32)
     action = np.zeros(spec.action_dim, dtype=np.float32)
@@ -63,7 +64,7 @@ def main() -> None:
         spec = EnvSpec("HalfCheetah-sized state", (17,), 6, False, 1000)
         print(measure("state, 17-d obs, 6-d action (HalfCheetah)", spec, args.state_transitions, 1000), flush=True)
     if args.atari_frames:
-        spec = EnvSpec("Atari", (4, 84, 84), 18, True, 27_000, pixels=True)
+        spec = EnvSpec("Atari", (4, 84, 84), 18, True, 27_000, pixels=True, frame_history=4)
         print(measure("Atari, 84x84 frames, 18 actions", spec, args.atari_frames, 2_000), flush=True)
 
 
