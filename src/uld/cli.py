@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 import tyro
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     from uld.errors import UldError
 
     argv = sys.argv[1:] if argv is None else argv
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler; uld stops cleanly on SIGINT wherever it runs.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
