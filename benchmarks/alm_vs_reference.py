@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from uld.train.logger import read_eval_csv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import run_dir, train_all  # noqa: E402  (the same runner as the ULD learning benchmark)
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "alm"
 RANDOM_STEPS = 5_000
@@ -53,33 +54,6 @@ def load_reference(directory: Path, env: str) -> dict[int, list[float]]:
         else:  # gym_truncated_humanoid.csv has no Step column: rows are 5k, 10k, ...
             table[RANDOM_STEPS * (i + 1)] = [float(x) for x in row if x]
     return table
-
-
-def run_dir(out: Path, env: str, seed: int) -> Path:
-    return out / env.replace(":", "_") / f"seed{seed}"
-
-
-def finished(path: Path, steps: int) -> bool:
-    return (path / "eval.csv").exists() and any(r["step"] >= steps for r in read_eval_csv(path / "eval.csv"))
-
-
-def train_all(env: str, seeds: list[int], steps: int, out: Path, parallel: int, extra: list[str]) -> None:
-    running: list[subprocess.Popen] = []
-    for seed in seeds:
-        path = run_dir(out, env, seed)
-        if finished(path, steps):
-            continue
-        while len(running) >= parallel:
-            running.pop(0).wait()
-        path.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "uld.cli", "train", "--agent", "alm", "--env", env, "--seed", str(seed),
-                   "--steps", str(steps), "--out", str(path), "--no-progress", "--threads", "1", *extra]
-        print("running:", " ".join(command), flush=True)
-        log = open(path / "train.log", "a")
-        running.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "OMP_NUM_THREADS": "1"}))
-    for process in running:
-        process.wait()
 
 
 def compare(env: str, seeds: list[int], out: Path, reference: Path) -> str:
@@ -123,7 +97,7 @@ def main() -> None:
     parser.add_argument("--compare-only", action="store_true", help="print the table from existing runs")
     args, extra = parser.parse_known_args()  # the rest goes to `uld train`, e.g. --precision bf16
     if not args.compare_only:
-        train_all(args.env, args.seeds, args.steps, args.out, args.parallel, extra)
+        train_all([args.env], args.seeds, args.steps, args.out, args.parallel, ["--agent", "alm", *extra])
     print(compare(args.env, args.seeds, args.out, args.reference))
 
 

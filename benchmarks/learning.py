@@ -64,7 +64,7 @@ def train_all(envs: list[str], seeds: list[int], steps: int, out: Path, parallel
         command = [sys.executable, "-m", "uld.cli", "train", "--env", env, "--seed", str(seed), "--steps", str(steps),
                    "--out", str(path), "--no-progress", *extra]
         print("running:", " ".join(command), flush=True)
-        log = open(path / "train.log", "w")
+        log = open(path / "train.log", "a")
         running.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "OMP_NUM_THREADS": threads}))
     for process in running:
