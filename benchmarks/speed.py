@@ -16,7 +16,9 @@ Three measurements, in one run so that their ratios are meaningful on a noisy ma
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from update_speed import fill  # noqa: E402  (store random steps; shared with the update benchmark)
 
 class RecordMatmuls(TorchDispatchMode):
     """Records (m, k, n, dtype) of every mm/addmm issued while active."""
@@ -55,13 +60,8 @@ def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
     bare = steps / (time.perf_counter() - start)
 
     buffer = make_buffer(env.spec, ULDConfig(), seed=0)  # full 1M capacity, as in a real run
-    obs = env.reset()
     start = time.perf_counter()
-    for _ in range(steps):
-        action = env.sample_action()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = env.reset() if terminated or truncated else next_obs
+    fill(buffer, env, steps)
     with_buffer = steps / (time.perf_counter() - start)
     return bare, with_buffer
 
@@ -70,12 +70,7 @@ def filled_agent(env_name: str, precision: str) -> tuple[ULDAgent, object]:
     env = make_env(env_name, seed=0)
     cfg = ULDConfig(buffer_capacity=50_000)
     agent, buffer = ULDAgent(env.spec, cfg, precision=precision), make_buffer(env.spec, cfg, seed=0)
-    obs = env.reset()
-    for _ in range(20_000):
-        action = env.sample_action()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = env.reset() if terminated or truncated else next_obs
+    fill(buffer, env, 20_000)
     return agent, buffer
 
 
