@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
 from uld.train.logger import read_eval_csv
-from uld.train.run import TrainConfig, train
+from uld.train.run import TrainConfig, config_differences, train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
                       target_update_period=20, buffer_capacity=5000)
@@ -80,6 +81,21 @@ def test_alm_half_then_resume_equals_straight(tmp_path):
         if isinstance(module, dict) and all(isinstance(v, torch.Tensor) for v in module.values()):
             for key, tensor in module.items():
                 assert torch.equal(tensor, b["agent"][name][key]), (name, key)
+
+
+def test_options_added_after_a_run_started_agree_at_their_default():
+    current = dataclasses.asdict(TrainConfig(agent="uld"))
+    stored = dataclasses.asdict(TrainConfig(agent="uld"))
+    del stored["uld"]["critic_loss"]  # a run written before the option existed
+    assert config_differences(stored, current) == []
+    current["uld"]["critic_loss"] = "mse"
+    assert config_differences(stored, current) == ["uld.critic_loss (run: None, this command: 'mse')"]
+    # An ALM run is not concerned by ULD's options, and the other way round.
+    alm_stored, alm_current = dataclasses.asdict(TrainConfig(agent="alm")), dataclasses.asdict(TrainConfig(agent="alm"))
+    alm_current["uld"]["batch_size"] = 7
+    assert config_differences(alm_stored, alm_current) == []
+    alm_current["alm"]["batch_size"] = 7
+    assert config_differences(alm_stored, alm_current) == ["alm.batch_size (run: 512, this command: 7)"]
 
 
 def test_config_mismatch_is_refused_with_the_difference_named(tmp_path):

@@ -116,15 +116,24 @@ def config_from_dict(data: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def config_differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
-    """Names and values of the options on which two resolved configs disagree."""
+def config_differences(stored: dict, current: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
+    """Names and values of the options on which two resolved configs disagree.
+
+    Only the section of the agent being trained counts (an ALM run ignores the `uld` options). An
+    option missing from the stored config was added to uld after the run started: it agrees when the
+    current value is that option's default, which keeps the behaviour the run was started with.
+    """
+    if defaults is None:
+        defaults = dataclasses.asdict(TrainConfig())
     differences = []
     for key in sorted(set(stored) | set(current)):
-        if not prefix and key in RESUMABLE_CHANGES:
+        if not prefix and (key in RESUMABLE_CHANGES or (key in ("uld", "alm") and key != current.get("agent"))):
             continue
         a, b = stored.get(key), current.get(key)
+        if key not in stored and b == defaults.get(key):
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            differences += config_differences(a, b, prefix + key + ".")
+            differences += config_differences(a, b, prefix + key + ".", defaults.get(key, {}))
         elif a != b:
             differences.append(f"{prefix}{key} (run: {a!r}, this command: {b!r})")
     return differences

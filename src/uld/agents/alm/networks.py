@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uld.agents.linear import Linear
+
 MEAN_BOUND = 30.0
 """Gaussian heads: mean = MEAN_BOUND * tanh(m / MEAN_BOUND)."""
 STD_MIN, STD_MAX = 0.1, 10.0
@@ -54,18 +56,18 @@ def gaussian_head(out: Tensor) -> Gaussian:
 def elu_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> ELU -> Linear -> ELU -> Linear."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.ELU(),
-        nn.Linear(hidden_dim, hidden_dim), nn.ELU(),
-        nn.Linear(hidden_dim, out_dim),
+        Linear(in_dim, hidden_dim), nn.ELU(),
+        Linear(hidden_dim, hidden_dim), nn.ELU(),
+        Linear(hidden_dim, out_dim),
     )
 
 
 def layer_norm_tanh_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> LayerNorm -> Tanh -> Linear -> ELU -> Linear (reward, classifier and critic bodies)."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.Tanh(),
-        nn.Linear(hidden_dim, hidden_dim), nn.ELU(),
-        nn.Linear(hidden_dim, out_dim),
+        Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.Tanh(),
+        Linear(hidden_dim, hidden_dim), nn.ELU(),
+        Linear(hidden_dim, out_dim),
     )
 
 

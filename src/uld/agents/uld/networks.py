@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uld.agents.linear import Linear
+
 
 def ln_act(x: Tensor, act) -> Tensor:
     """Layer norm over the last dim without affine parameters, then the activation."""
@@ -29,9 +31,9 @@ class MLP(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, act):
         super().__init__()
-        self.l1 = nn.Linear(in_dim, hidden_dim)
-        self.l2 = nn.Linear(hidden_dim, hidden_dim)
-        self.l3 = nn.Linear(hidden_dim, out_dim)
+        self.l1 = Linear(in_dim, hidden_dim)
+        self.l2 = Linear(hidden_dim, hidden_dim)
+        self.l3 = Linear(hidden_dim, out_dim)
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,7 +69,7 @@ class PixelStateEncoder(nn.Module):
         side = image_size
         for conv in self.convs:
             side = (side - 3) // conv.stride[0] + 1
-        self.linear = nn.Linear(32 * side * side, zs_dim)
+        self.linear = Linear(32 * side * side, zs_dim)
 
     def forward(self, obs: Tensor) -> Tensor:
         x = obs / 255.0 - 0.5
@@ -86,12 +88,12 @@ class Encoder(nn.Module):
             self.state_encoder = PixelStateEncoder(obs_shape[0], zs_dim, obs_shape[-1])
         else:
             self.state_encoder = VectorStateEncoder(obs_shape[0], zs_dim, hidden_dim)
-        self.action_encoder = nn.Linear(action_dim, za_dim)
+        self.action_encoder = Linear(action_dim, za_dim)
         self.state_action_encoder = MLP(zs_dim + za_dim, zsa_dim, hidden_dim, F.elu)
         if nonlinear_model:  # design study: a non-linear latent model
             self.model = MLP(zsa_dim, 1 + zs_dim + num_bins, hidden_dim, F.elu)
         else:
-            self.model = nn.Linear(zsa_dim, 1 + zs_dim + num_bins)
+            self.model = Linear(zsa_dim, 1 + zs_dim + num_bins)
         self.zs_dim = zs_dim
         self.apply(init_weights)
 
@@ -134,11 +136,11 @@ class Value(nn.Module):
         super().__init__()
         self.linear = linear
         if linear:  # design study: Q linear in zsa
-            self.out1, self.out2 = nn.Linear(zsa_dim, 1), nn.Linear(zsa_dim, 1)
+            self.out1, self.out2 = Linear(zsa_dim, 1), Linear(zsa_dim, 1)
         else:
             self.q1 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
             self.q2 = MLP(zsa_dim, hidden_dim, hidden_dim, F.elu)
-            self.out1, self.out2 = nn.Linear(hidden_dim, 1), nn.Linear(hidden_dim, 1)
+            self.out1, self.out2 = Linear(hidden_dim, 1), Linear(hidden_dim, 1)
         self.apply(init_weights)
 
     def forward(self, zsa: Tensor) -> Tensor:

@@ -1,0 +1,69 @@
+"""Does bf16 learn what fp32 learns? The full-size agent trained in both precisions on the same seeds.
+
+    python benchmarks/precision.py --env dmc:cartpole-balance --seeds 0 1 2 --steps 15000
+
+Each (precision, seed) is trained by `uld train` in its own process (resumable, skipped when already
+finished: the same command re-prints the table). For every evaluation step the table gives each
+precision's per-seed returns, and whether the bf16 mean lies within the fp32 seeds' range [min, max],
+which is the acceptance test of the speed issue (#7): a fast path must not change what is learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from uld.train.logger import read_eval_csv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import run_dir, train_all  # noqa: E402  (the same runner as the learning benchmark)
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def returns_by_step(out: Path, env: str, seeds: list[int]) -> dict[int, list[float]]:
+    """Evaluation step -> the seeds' mean returns, for the seeds whose run reached that step."""
+    table: dict[int, list[float]] = {}
+    for seed in seeds:
+        path = run_dir(out, env, seed) / "eval.csv"
+        if path.exists():
+            for row in read_eval_csv(path):
+                table.setdefault(row["step"], []).append(row["mean_return"])
+    return table
+
+
+def compare(env: str, seeds: list[int], out: Path) -> str:
+    fp32, bf16 = (returns_by_step(out / precision, env, seeds) for precision in PRECISIONS)
+    lines = [f"{env}, seeds {' '.join(map(str, seeds))}",
+             "| step | fp32 per seed | fp32 mean | bf16 per seed | bf16 mean | bf16 mean within fp32 [min, max] |",
+             "|---|---|---|---|---|---|"]
+    for step in sorted(set(fp32) | set(bf16)):
+        a, b = fp32.get(step, []), bf16.get(step, [])
+        within = "–"
+        if len(a) == len(b) == len(seeds):
+            within = "yes" if min(a) <= statistics.fmean(b) <= max(a) else "no"
+        lines.append(f"| {step} | {' / '.join(f'{x:.1f}' for x in a)} | {statistics.fmean(a) if a else float('nan'):.1f} | "
+                     f"{' / '.join(f'{x:.1f}' for x in b)} | {statistics.fmean(b) if b else float('nan'):.1f} | {within} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="dmc:cartpole-balance")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=15_000)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmark-precision"))
+    parser.add_argument("--parallel", type=int, default=2, help="training processes at once")
+    parser.add_argument("--compare-only", action="store_true", help="print the table from existing runs")
+    args, extra = parser.parse_known_args()
+    if not args.compare_only:
+        for precision in PRECISIONS:
+            train_all([args.env], args.seeds, args.steps, args.out / precision, args.parallel,
+                      ["--precision", precision, *extra])
+    print(compare(args.env, args.seeds, args.out))
+
+
+if __name__ == "__main__":
+    main()
