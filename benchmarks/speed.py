@@ -1,21 +1,24 @@
 """How fast uld collects and trains on this machine, and how close the step is to the matmul floor.
 
     python benchmarks/speed.py                      # HalfCheetah-sized ULD, fp32 and bf16
-    python benchmarks/speed.py --precision fp32 --steps 20
+    python benchmarks/speed.py --precision fp32 --steps 20 --compile
 
 Three measurements, in one run so that their ratios are meaningful on a noisy machine:
 1. Collection in the random phase: agent steps per second of env.step + sample_action + buffer.add,
    against the bare env (the buffer must not cost more than the env itself).
 2. Milliseconds per training step at full size: one encoder update plus one value and policy update,
-   which is what one environment step costs on average (encoder updates come in bursts of T).
+   which is what one environment step costs on average (encoder updates come in bursts of T). Each
+   way of running the step (fp32 GEMMs on PyTorch's default BLAS or on oneDNN; with --compile also
+   torch.compile'd) has its own agent, and their steps are interleaved; the median is reported.
 3. The matmul floor: every matrix multiply of one training step (recorded with their shapes through
-   a dispatch mode) replayed as plain torch.mm calls; step time / floor time is the fraction of this
-   CPU's matmul throughput the step achieves.
+   a dispatch mode) replayed back to back, each shape on the faster of torch.mm and a bare oneDNN GEMM;
+   floor time / step time is the fraction of this CPU's matmul throughput the step achieves.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from uld.agents.linear import set_onednn
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
@@ -44,7 +48,7 @@ class RecordMatmuls(TorchDispatchMode):
         elif func is torch.ops.aten.addmm.default:
             a, b = args[1], args[2]
             self.shapes.append((a.shape[0], a.shape[1], b.shape[1], a.dtype))
-        elif func is torch.ops.mkldnn._linear_pointwise.default:
+        elif func in (torch.ops.mkldnn._linear_pointwise.default, torch.ops.uld.onednn_gemm.default):
             x, weight = args[0], args[1]
             self.shapes.append((x.shape[0], x.shape[1], weight.shape[0], x.dtype))
         return func(*args, **(kwargs or {}))
@@ -68,10 +72,11 @@ def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
     return bare, with_buffer
 
 
-def filled_agent(env_name: str, precision: str) -> tuple[ULDAgent, object]:
+def filled_agent(env_name: str, precision: str, compile: bool = False) -> tuple[ULDAgent, object]:
     env = make_env(env_name, seed=0)
     cfg = ULDConfig(buffer_capacity=50_000)
-    agent, buffer = ULDAgent(env.spec, cfg, precision=precision), make_buffer(env.spec, cfg, seed=0)
+    agent = ULDAgent(env.spec, cfg, precision=precision, compile=compile)
+    buffer = make_buffer(env.spec, cfg, seed=0)
     fill(buffer, env, 20_000)
     return agent, buffer
 
@@ -82,13 +87,31 @@ def one_step(agent: ULDAgent, buffer) -> None:
     agent._update_value_and_policy(buffer)
 
 
-def time_steps(agent: ULDAgent, buffer, steps: int) -> float:
-    for _ in range(3):
-        one_step(agent, buffer)
-    start = time.perf_counter()
+PATHS = {
+    "F.linear (default BLAS)": dict(onednn=False, compile=False),
+    "oneDNN Linear (uld default)": dict(onednn=True, compile=False),
+    "oneDNN Linear + --compile": dict(onednn=True, compile=True),
+}
+"""The ways to run the same step: fp32 GEMMs on PyTorch's default BLAS (MKL), on oneDNN, and compiled."""
+
+
+def time_paths(env_name: str, precision: str, paths: list[str], steps: int) -> dict[str, float]:
+    """Median ms per step of each path, the paths' steps interleaved so that load drifts hit all alike."""
+    agents = {}
+    for path in paths:
+        agents[path] = filled_agent(env_name, precision, compile=PATHS[path]["compile"])
+        set_onednn(PATHS[path]["onednn"])
+        for _ in range(3):  # warm-up, and compilation for the compiled path
+            one_step(*agents[path])
+    times: dict[str, list[float]] = {path: [] for path in paths}
     for _ in range(steps):
-        one_step(agent, buffer)
-    return (time.perf_counter() - start) / steps * 1000
+        for path, (agent, buffer) in agents.items():
+            set_onednn(PATHS[path]["onednn"])
+            start = time.perf_counter()
+            one_step(agent, buffer)
+            times[path].append((time.perf_counter() - start) * 1000)
+    set_onednn(True)
+    return {path: statistics.median(samples) for path, samples in times.items()}
 
 
 def onednn_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -122,6 +145,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,16 +156,20 @@ def main() -> None:
         bare, with_buffer = collection_rate(name, args.collect_steps)
         print(f"| {name} | {bare:,.0f} | {with_buffer:,.0f} | {with_buffer / bare:.2f} |")
 
-    print("\n| precision | ms per training step | matmul floor ms | fraction of floor | GFLOP per step |\n|---|---|---|---|---|")
+    print("\n| precision | path | ms per training step (median) | matmul floor ms | fraction of floor | GFLOP per step |"
+          "\n|---|---|---|---|---|---|")
     for precision in args.precision:
         agent, buffer = filled_agent(args.env, precision)
         one_step(agent, buffer)
         with RecordMatmuls() as recorder:
             one_step(agent, buffer)
         gflop = sum(2 * m * k * n for m, k, n, _ in recorder.shapes) / 1e9
-        step_ms = time_steps(agent, buffer, args.steps)
-        floor_ms = matmul_floor(recorder.shapes, max(3, args.steps // 2))
-        print(f"| {precision} | {step_ms:.1f} | {floor_ms:.1f} | {floor_ms / step_ms:.2f} | {gflop:.1f} |")
+        floor_ms = matmul_floor(recorder.shapes, 5)
+        # bf16 GEMMs go to oneDNN either way: only eager and compiled differ there.
+        paths = [p for p in PATHS if (args.compile or not PATHS[p]["compile"])
+                 and (precision == "fp32" or PATHS[p]["onednn"])]
+        for path, step_ms in time_paths(args.env, precision, paths, args.steps).items():
+            print(f"| {precision} | {path} | {step_ms:.1f} | {floor_ms:.1f} | {floor_ms / step_ms:.2f} | {gflop:.1f} |")
 
 
 if __name__ == "__main__":

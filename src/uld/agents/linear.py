@@ -65,6 +65,12 @@ class _OneDnnLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def set_onednn(enabled: bool) -> None:
+    """Turn the oneDNN path on or off for this process (benchmarks compare both; off = ``F.linear``)."""
+    global _ENABLED
+    _ENABLED = enabled and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def use_onednn(x: Tensor) -> bool:
     """Whether ``linear`` takes the oneDNN path for this input."""
     return (

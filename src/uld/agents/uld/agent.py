@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from uld.agents.compile import compile_networks
 from uld.agents.uld import losses
 from uld.agents.uld.config import ULDConfig
 from uld.agents.uld.networks import Encoder, Policy, Value
@@ -18,18 +19,20 @@ from uld.replay.frames import FrameStackBuffer
 
 
 def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
-    """DrQ augmentation: replicate-pad, then crop back at a random integer shift per image.
+    """DrQ augmentation: replicate-pad by `pad`, then crop back at a random integer shift per image.
 
-    obs: (N, C, H, W). Each image gets its own shift in [0, 2 * pad] along each axis.
+    obs: (N, C, H, W), any dtype; returns the same dtype. Each image gets its own shift (dy, dx) in
+    [0, 2 * pad] along each axis. Pad-then-crop is computed as one gather: output pixel (i, j) is input
+    pixel (clamp(i + dy - pad), clamp(j + dx - pad)), which is exactly what replicate padding gives
+    there. On uint8 frames this moves a quarter of the bytes of padding float images.
     """
-    n, _, h, w = obs.shape
-    padded = F.pad(obs.float(), (pad, pad, pad, pad), mode="replicate")
+    n, c, h, w = obs.shape
     dy = torch.randint(0, 2 * pad + 1, (n, 1), device=obs.device)
     dx = torch.randint(0, 2 * pad + 1, (n, 1), device=obs.device)
-    rows = (dy + torch.arange(h, device=obs.device))[:, :, None]  # (N, H, 1)
-    cols = (dx + torch.arange(w, device=obs.device))[:, None, :]  # (N, 1, W)
-    batch = torch.arange(n, device=obs.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    rows = (dy + torch.arange(h, device=obs.device) - pad).clamp_(0, h - 1)  # (N, H)
+    cols = (dx + torch.arange(w, device=obs.device) - pad).clamp_(0, w - 1)  # (N, W)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return obs.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -41,7 +44,7 @@ class ULDAgent:
     """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings."""
 
     def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", compile: bool = False):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.spec = spec
@@ -57,6 +60,10 @@ class ULDAgent:
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.value_target = copy.deepcopy(self.value).requires_grad_(False)
+        if compile:  # the Encoder itself has no forward: its f, g and model parts are the networks
+            compile_networks(*(part for encoder in (self.encoder, self.encoder_target)
+                               for part in (encoder.state_encoder, encoder.state_action_encoder, encoder.model)),
+                             self.policy, self.policy_target, self.value, self.value_target)
         self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay)
         self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay)
         self.policy_optimizer = _adamw(self.policy.parameters(), cfg.policy_lr, cfg.weight_decay)
@@ -119,10 +126,10 @@ class ULDAgent:
         return self.encoder_target if self.config.target_encoder else self.encoder
 
     def _prepare_obs(self, obs: Tensor) -> Tensor:
-        """(B, T, *obs_shape) -> (B * T, *obs_shape) as float, augmented for pixels."""
+        """(B, T, *obs_shape) -> (B * T, *obs_shape): float vectors, or uint8 frames augmented."""
         flat = obs.flatten(0, 1)
-        if self.spec.pixels and self.config.pixel_augmentation:
-            return shift_augment(flat)
+        if self.spec.pixels:  # uint8 frames: the encoder scales them (spec: Networks, pixel encoder)
+            return shift_augment(flat) if self.config.pixel_augmentation else flat
         return flat.float()
 
     def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:

@@ -1,0 +1,119 @@
+"""The fast paths compute what the eager fp32 reference computes: oneDNN Linear and torch.compile.
+
+Tolerances: the oneDNN GEMM and compiled kernels only reorder fp32 sums, so one layer agrees with
+F.linear to 1e-5 relative; after a few full updates (Adam steps amplify rounding a little) the losses
+agree to 1e-4 relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+
+from uld.agents import build_agent
+from uld.agents.alm.config import reduced_config as alm_reduced
+from uld.agents.linear import Linear, linear, use_onednn
+from uld.agents.uld.config import reduced_config as uld_reduced
+from uld.envs import make_env
+
+
+@pytest.mark.parametrize("shape", [(256, 512, 512), (40, 96, 130)])
+def test_onednn_linear_matches_f_linear_forward_and_backward(shape):
+    batch, in_dim, out_dim = shape
+    torch.manual_seed(0)
+    x = torch.randn(batch, in_dim, requires_grad=True)
+    weight = torch.randn(out_dim, in_dim, requires_grad=True)
+    bias = torch.randn(out_dim, requires_grad=True)
+    grad = torch.randn(batch, out_dim)
+    results = []
+    for fn in (F.linear, linear):
+        x.grad = weight.grad = bias.grad = None
+        y = fn(x, weight, bias)
+        y.backward(grad)
+        results.append([y.detach(), x.grad, weight.grad, bias.grad])
+    assert use_onednn(x)  # the path under test is the one taken
+    for reference, fast in zip(*results):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-4 * reference.abs().max().item())
+
+
+def test_linear_keeps_leading_dims_and_the_default_path_under_autocast():
+    layer = Linear(96, 80)
+    x = torch.randn(3, 5, 96)
+    assert layer(x).shape == (3, 5, 80)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not use_onednn(x)
+        assert layer(x).dtype == torch.bfloat16
+    assert set(layer.state_dict()) == {"weight", "bias"}  # checkpoints are those of nn.Linear
+
+
+def _losses_over_updates(agent_name: str, config, compile: bool, updates: int) -> list[dict[str, float]]:
+    env = make_env("gym:Pendulum-v1", seed=0)
+    torch.manual_seed(0)
+    agent, buffer = build_agent(agent_name, env.spec, config, device="cpu", precision="fp32", seed=0,
+                                total_steps=2_000, compile=compile)
+    obs = env.reset()
+    for _ in range(300):
+        action = env.sample_action()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset() if terminated or truncated else next_obs
+    graphs_before = counters["stats"]["unique_graphs"]
+    history = []
+    for step in range(updates):
+        torch.manual_seed(100 + step)  # the same exploration and target-policy noise in both runs
+        history.append({name: float(value) for name, value in agent.update(buffer).items()})
+    # The compiled run really ran compiled graphs (torch.compile does not fall back silently).
+    assert (counters["stats"]["unique_graphs"] > graphs_before) == compile
+    return history
+
+
+@pytest.mark.parametrize("agent_name, config", [
+    ("uld", uld_reduced(target_update_period=3)),  # 2 target periods: encoder bursts, value, policy
+    ("alm", alm_reduced()),
+])
+def test_compiled_updates_give_the_eager_losses(agent_name, config):
+    eager = _losses_over_updates(agent_name, config, compile=False, updates=5)
+    compiled = _losses_over_updates(agent_name, config, compile=True, updates=5)
+    assert len(eager[0]) >= 3
+    for step, (a, b) in enumerate(zip(eager, compiled)):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-5), (step, name)
+
+
+def test_shift_augment_is_replicate_pad_then_crop_at_each_images_shift():
+    from uld.agents.uld.agent import shift_augment
+
+    torch.manual_seed(3)
+    frames = torch.randint(0, 256, (6, 2, 10, 12), dtype=torch.uint8)
+    torch.manual_seed(7)
+    out = shift_augment(frames, pad=4)
+    torch.manual_seed(7)  # the same draws as inside shift_augment: dy then dx, one per image
+    dy, dx = torch.randint(0, 9, (6, 1)), torch.randint(0, 9, (6, 1))
+    padded = F.pad(frames.float(), (4, 4, 4, 4), mode="replicate")
+    for n in range(6):
+        crop = padded[n, :, dy[n, 0] : dy[n, 0] + 10, dx[n, 0] : dx[n, 0] + 12]
+        assert torch.equal(out[n].float(), crop), n
+    assert out.dtype == torch.uint8
+    # By hand, a 3x3 image 0..8 with pad 1: seed 2 draws the shift (0, 0), seed 24 draws (2, 2), seed 23 (0, 2).
+    image = torch.arange(9, dtype=torch.uint8).view(1, 1, 3, 3)
+    expected = {2: [[0, 0, 1], [0, 0, 1], [3, 3, 4]], 24: [[4, 5, 5], [7, 8, 8], [7, 8, 8]],
+                23: [[1, 2, 2], [1, 2, 2], [4, 5, 5]]}
+    for seed, pixels in expected.items():
+        torch.manual_seed(seed)
+        assert shift_augment(image, pad=1)[0, 0].tolist() == pixels, seed
+
+
+def test_pixel_encoder_chunked_no_grad_pass_equals_one_pass():
+    from uld.agents.uld.networks import PixelStateEncoder
+
+    torch.manual_seed(0)
+    encoder = PixelStateEncoder(4, 32, 84)
+    frames = torch.randint(0, 256, (300, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        chunked = encoder(frames)  # 3 chunks of <= 128
+    whole = encoder(frames).detach()  # with autograd on: one pass
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
