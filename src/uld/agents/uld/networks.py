@@ -86,7 +86,8 @@ class PixelStateEncoder(nn.Module):
         # on NCHW, which oneDNN would reorder at every call. The values are the same either way. The
         # scaling and the ELUs work in place on fresh tensors that autograd does not need to keep (a
         # convolution's backward uses its input, not its output; ELU's can use its output).
-        x = obs.to(torch.float32, memory_format=torch.channels_last, copy=True).div_(255.0).sub_(0.5)
+        # The layout changes on the uint8 frames (a quarter of the bytes), then they become floats.
+        x = obs.contiguous(memory_format=torch.channels_last).to(torch.float32, copy=True).div_(255.0).sub_(0.5)
         for conv in self.convs:
             x = F.elu(conv(x), inplace=True)
         return ln_act(self.linear(x.flatten(1)), F.elu)
