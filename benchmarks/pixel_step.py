@@ -24,6 +24,8 @@ import time
 import numpy as np
 import torch
 
+from floor import RecordKernels  # the floor: the step's convolutions and GEMMs alone (benchmarks/floor.py)
+
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
 from uld.envs.base import EnvSpec
@@ -89,6 +91,11 @@ def main() -> None:
         for _ in range(args.warmup):
             for step in steps.values():
                 step()
+        floors = {}
+        for precision, step in steps.items():
+            with RecordKernels() as kernels:
+                step()
+            floors[precision] = kernels.floor_ms(repeats=2)
         # fp32 and bf16 steps alternate, so that a change in the machine's load hits both alike;
         # the ratio is the median over the pairs.
         seconds: dict[str, list[float]] = {precision: [] for precision in steps}
@@ -99,15 +106,17 @@ def main() -> None:
         for precision, times in seconds.items():
             ratio = statistics.median(ratios) if precision == "bf16" else 1.0
             rows.append((domain, precision, statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3,
-                         statistics.median(sample) * 1e3, ratio))
+                         statistics.median(sample) * 1e3, ratio, floors[precision]))
         params = sum(p.numel() for m in (agent.encoder, agent.policy, agent.value) for p in m.parameters())
         print(f"{domain}: {params:,} parameters", flush=True)
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, load average {load_before:.1f} before / "
           f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores, {args.repeats} timed steps after {args.warmup}")
-    print(f"{'inputs':<11} {'precision':<9} {'ms/step':>9} {'min':>9} {'max':>9} {'sample ms':>10} {'vs fp32':>8}")
-    for domain, precision, ms, low, high, sample_ms, ratio in rows:
-        print(f"{domain:<11} {precision:<9} {ms:>9.0f} {low:>9.0f} {high:>9.0f} {sample_ms:>10.1f} {ratio:>8.2f}")
+    print(f"{'inputs':<11} {'precision':<9} {'ms/step':>9} {'min':>9} {'max':>9} {'sample ms':>10} {'vs fp32':>8} "
+          f"{'floor ms':>9} {'fraction':>9}")
+    for domain, precision, ms, low, high, sample_ms, ratio, floor_ms in rows:
+        print(f"{domain:<11} {precision:<9} {ms:>9.0f} {low:>9.0f} {high:>9.0f} {sample_ms:>10.1f} {ratio:>8.2f} "
+              f"{floor_ms:>9.0f} {floor_ms / ms:>9.2f}")
 
 
 if __name__ == "__main__":

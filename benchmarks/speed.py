@@ -3,16 +3,18 @@
     python benchmarks/speed.py                      # HalfCheetah-sized ULD, fp32 and bf16
     python benchmarks/speed.py --precision fp32 --steps 20 --compile
 
-Three measurements, in one run so that their ratios are meaningful on a noisy machine:
+Four measurements, in one run so that their ratios are meaningful on a noisy machine:
 1. Collection in the random phase: agent steps per second of env.step + sample_action + buffer.add,
    against the bare env (the buffer must not cost more than the env itself).
 2. Milliseconds per training step at full size: one encoder update plus one value and policy update,
    which is what one environment step costs on average (encoder updates come in bursts of T). Each
    way of running the step (fp32 GEMMs on PyTorch's default BLAS or on oneDNN; with --compile also
    torch.compile'd) has its own agent, and their steps are interleaved; the median is reported.
-3. The matmul floor: every matrix multiply of one training step (recorded with their shapes through
-   a dispatch mode) replayed back to back, each shape on the faster of torch.mm and a bare oneDNN GEMM;
-   floor time / step time is the fraction of this CPU's matmul throughput the step achieves.
+3. The matmul floor (benchmarks/floor.py): every matrix multiply of one training step replayed back to
+   back, each shape on the faster of torch.mm and a bare oneDNN GEMM; floor time / step time is the
+   fraction of this CPU's matmul throughput the step achieves.
+4. End to end: environment steps per second of the whole training loop after the random phase
+   (acting, env, replay, and the update schedule with its encoder bursts), --e2e-steps long.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from uld.agents.linear import set_onednn
 from uld.agents.uld.agent import ULDAgent, make_buffer
@@ -32,27 +33,8 @@ from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from floor import RecordKernels  # noqa: E402  (the GEMM floor, shared with the other speed benchmarks)
 from update_speed import fill  # noqa: E402  (store random steps; shared with the update benchmark)
-
-class RecordMatmuls(TorchDispatchMode):
-    """Records (m, k, n, dtype) of every mm/addmm and oneDNN linear issued while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes: list[tuple[int, int, int, torch.dtype]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.mm.default:
-            a, b = args[0], args[1]
-            self.shapes.append((a.shape[0], a.shape[1], b.shape[1], a.dtype))
-        elif func is torch.ops.aten.addmm.default:
-            a, b = args[1], args[2]
-            self.shapes.append((a.shape[0], a.shape[1], b.shape[1], a.dtype))
-        elif func in (torch.ops.mkldnn._linear_pointwise.default, torch.ops.uld.onednn_gemm.default):
-            x, weight = args[0], args[1]
-            self.shapes.append((x.shape[0], x.shape[1], weight.shape[0], x.dtype))
-        return func(*args, **(kwargs or {}))
-
 
 def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
     """(bare env steps/s, env + sample_action + buffer.add steps/s) with random actions."""
@@ -114,28 +96,21 @@ def time_paths(env_name: str, precision: str, paths: list[str], steps: int) -> d
     return {path: statistics.median(samples) for path, samples in times.items()}
 
 
-def onednn_mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
-
-
-def matmul_floor(shapes: list[tuple[int, int, int, torch.dtype]], repeats: int) -> float:
-    """Milliseconds to run the recorded matmuls back to back, each on the faster of torch.mm (MKL for
-    fp32) and a bare oneDNN GEMM, timed per shape: what this CPU's GEMM libraries can do at these shapes."""
-    best = 0.0
-    for m, k, n, dtype in sorted(set(shapes)):
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        b_t = b.t().contiguous()
-        candidates = [lambda: torch.mm(a, b), lambda: onednn_mm(a, b_t)]
-        times = []
-        for run in candidates:
-            run()
-            for _ in range(3):  # the best of three rounds: the floor is what the CPU can do when undisturbed
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    run()
-                times.append((time.perf_counter() - start) / repeats)
-        best += min(times) * shapes.count((m, k, n, dtype))
-    return best * 1000
+def end_to_end(env_name: str, precision: str, steps: int) -> float:
+    """Environment steps per second of the training loop after the random phase: act, env.step,
+    buffer.add and the update schedule (a target copy and a burst of T encoder updates every T steps,
+    one value and policy update every step). Run a multiple of T steps for a fair average."""
+    agent, buffer = filled_agent(env_name, precision)
+    env = make_env(env_name, seed=1)
+    obs = env.reset()
+    start = time.perf_counter()
+    for _ in range(steps):
+        action = agent.act(obs, explore=True)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset() if terminated or truncated else next_obs
+        agent.update(buffer)
+    return steps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -147,6 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
+    parser.add_argument("--e2e-steps", type=int, default=250, help="training-loop steps timed end to end (0: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,15 +138,19 @@ def main() -> None:
     for precision in args.precision:
         agent, buffer = filled_agent(args.env, precision)
         one_step(agent, buffer)
-        with RecordMatmuls() as recorder:
+        with RecordKernels() as kernels:
             one_step(agent, buffer)
-        gflop = sum(2 * m * k * n for m, k, n, _ in recorder.shapes) / 1e9
-        floor_ms = matmul_floor(recorder.shapes, 10)
+        gflop, floor_ms = kernels.gflop, kernels.floor_ms()
         # bf16 GEMMs go to oneDNN either way: only eager and compiled differ there.
         paths = [p for p in PATHS if (args.compile or not PATHS[p]["compile"])
                  and (precision == "fp32" or PATHS[p]["onednn"])]
         for path, step_ms in time_paths(args.env, precision, paths, args.steps).items():
             print(f"| {precision} | {path} | {step_ms:.1f} | {floor_ms:.1f} | {floor_ms / step_ms:.2f} | {gflop:.1f} |")
+
+    if args.e2e_steps:
+        print("\n| precision | env steps/s end to end (training loop after the random phase) |\n|---|---|")
+        for precision in args.precision:
+            print(f"| {precision} | {end_to_end(args.env, precision, args.e2e_steps):.1f} |")
 
 
 if __name__ == "__main__":

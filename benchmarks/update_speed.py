@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from floor import RecordKernels  # the GEMM floor (benchmarks/floor.py)
+
 from uld.agents import build_agent
 from uld.agents.alm.config import ALMConfig
 from uld.agents.uld.config import ULDConfig
@@ -59,7 +61,7 @@ def main() -> None:
         "alm": ALMConfig(),
         "uld": dataclasses.replace(ULDConfig(), target_update_period=1),
     }
-    agents = {}
+    agents, floors = {}, {}
     for name, config in configs.items():
         env = make_env(args.env, seed=0)
         agent, buffer = build_agent(name, env.spec, config, device=args.device, precision=args.precision,
@@ -68,6 +70,9 @@ def main() -> None:
         env.close()
         for _ in range(args.warmup):
             agent.update(buffer)
+        with RecordKernels() as kernels:
+            agent.update(buffer)
+        floors[name] = kernels.floor_ms()
         agents[name] = (agent, buffer)
     # Interleaved (ALM, ULD, ALM, ULD, ...) so that both see the same background load.
     seconds: dict[str, list[float]] = {name: [] for name in agents}
@@ -80,15 +85,16 @@ def main() -> None:
         params = sum(p.numel() for module in vars(agent).values() if isinstance(module, torch.nn.Module)
                      for p in module.parameters() if p.requires_grad)
         times = seconds[name]
-        rows.append((name, statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3, params))
+        rows.append((name, statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3, params, floors[name]))
 
     alm_ms = rows[0][1]
     print(f"env {args.env}, device {args.device}, precision {args.precision}, torch threads {torch.get_num_threads()}, "
           f"{args.warmup} warm-up + {args.repeats} timed updates")
-    print("| agent | ms/update (median) | min | max | trainable params | ratio to ALM |")
-    print("|---|---|---|---|---|---|")
-    for name, median, low, high, params in rows:
-        print(f"| {name} | {median:.1f} | {low:.1f} | {high:.1f} | {params / 1e6:.2f}M | {median / alm_ms:.2f} |")
+    print("| agent | ms/update (median) | min | max | trainable params | ratio to ALM | matmul floor ms | fraction of floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, median, low, high, params, floor_ms in rows:
+        print(f"| {name} | {median:.1f} | {low:.1f} | {high:.1f} | {params / 1e6:.2f}M | {median / alm_ms:.2f} | "
+              f"{floor_ms:.1f} | {floor_ms / median:.2f} |")
 
 
 if __name__ == "__main__":
