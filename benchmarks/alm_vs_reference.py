@@ -1,13 +1,14 @@
 """Train ALM on a Gym task and compare its evaluation curve with the authors' published one.
 
-    OMP_NUM_THREADS=1 python benchmarks/alm_vs_reference.py --steps 15000 --seeds 0 --precision bf16
+    python benchmarks/alm_vs_reference.py --steps 30000 --seeds 0 --precision bf16
 
-Each seed is trained by `uld train --agent alm` in its own process with one torch thread (--parallel
-seeds at once). A run directory that already reached --steps is not retrained, and an unfinished one
-(interrupted, or asked for more --steps) continues from its last checkpoint, so the same command
-resumes a run or re-prints the table (--compare-only only prints). The reference is ../shared/reference/alm: five
-seeds per task, on the gym -v2 tasks with MuJoCo 1.50, whose Step column excludes the 5,000 random
-steps. Our step axis counts every environment step, so our step s is compared with their s - 5,000
+Each seed is trained by `uld train --agent alm` in its own process (--parallel seeds at once, one
+torch thread each; a single process gets every core unless `--threads` says otherwise). A run
+directory that already reached --steps is not retrained, and an unfinished one (interrupted, or asked
+for more --steps) continues from its last checkpoint, so the same command resumes a run or re-prints
+the table (--compare-only only prints). The reference is ../shared/reference/alm: five seeds per task,
+on the gym -v2 tasks with MuJoCo 1.50, whose Step column excludes the 5,000 random steps. Our step
+axis counts every environment step, so our step s is compared with their s - 5,000
 (spec/ALM.md, Known quirks). Env versions differ (v5 here, v2 there): compare the trend, not digits.
 """
 
