@@ -11,6 +11,8 @@ agent is timed with a target period of 1 so that every call does exactly that (p
 copy). Sampling and rebuilding the frame stacks are part of the step and are also timed alone.
 fp32 and bf16 steps alternate and the bf16 / fp32 ratio is the median over consecutive pairs: it is
 the number to quote, since absolute times move with the machine's load, printed with the table.
+The floor is the step's convolutions and GEMMs replayed alone (benchmarks/floor.py). Last, the whole
+training loop on real envs (rendering, stacking, acting, the same update) is timed for --e2e-steps.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import numpy as np
 import torch
 
 from floor import RecordKernels  # the floor: the step's convolutions and GEMMs alone (benchmarks/floor.py)
+from update_speed import end_to_end  # the training loop, timed (shared with the other speed benchmarks)
 
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
+from uld.envs import make_env
 from uld.envs.base import EnvSpec
 
 SPECS = {
@@ -67,6 +71,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--transitions", type=int, default=3_000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--e2e-steps", type=int, default=5, help="training-loop steps timed on real envs (0: skip)")
+    parser.add_argument("--e2e-envs", nargs="+", default=["atari:Pong", "dmc-pixels:cheetah-run"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = dataclasses.replace(ULDConfig(), target_update_period=1, buffer_capacity=args.transitions + 100)
@@ -117,6 +123,19 @@ def main() -> None:
     for domain, precision, ms, low, high, sample_ms, ratio, floor_ms in rows:
         print(f"{domain:<11} {precision:<9} {ms:>9.0f} {low:>9.0f} {high:>9.0f} {sample_ms:>10.1f} {ratio:>8.2f} "
               f"{floor_ms:>9.0f} {floor_ms / ms:>9.2f}")
+
+    if args.e2e_steps:
+        # The training loop on the real env (rendering, frame stacking, acting), fp32, with the same
+        # average work per step as above (target period 1), after a replay of random frames.
+        print(f"\n{'env':<24} {'env steps/s end to end':>24}")
+        for name in args.e2e_envs:
+            env = make_env(name, seed=0)
+            torch.manual_seed(0)
+            agent = ULDAgent(env.spec, config, device=args.device)
+            buffer = make_buffer(env.spec, config, seed=0)
+            fill(buffer, env.spec, args.transitions)
+            agent.update(buffer)  # warm-up
+            print(f"{name:<24} {end_to_end(agent, buffer, env, args.e2e_steps):>24.2f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from uld.envs import make_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import RecordKernels  # noqa: E402  (the GEMM floor, shared with the other speed benchmarks)
-from update_speed import fill  # noqa: E402  (store random steps; shared with the update benchmark)
+from update_speed import end_to_end, fill  # noqa: E402  (shared with the update benchmark)
 
 def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
     """(bare env steps/s, env + sample_action + buffer.add steps/s) with random actions."""
@@ -96,23 +96,6 @@ def time_paths(env_name: str, precision: str, paths: list[str], steps: int) -> d
     return {path: statistics.median(samples) for path, samples in times.items()}
 
 
-def end_to_end(env_name: str, precision: str, steps: int) -> float:
-    """Environment steps per second of the training loop after the random phase: act, env.step,
-    buffer.add and the update schedule (a target copy and a burst of T encoder updates every T steps,
-    one value and policy update every step). Run a multiple of T steps for a fair average."""
-    agent, buffer = filled_agent(env_name, precision)
-    env = make_env(env_name, seed=1)
-    obs = env.reset()
-    start = time.perf_counter()
-    for _ in range(steps):
-        action = agent.act(obs, explore=True)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = env.reset() if terminated or truncated else next_obs
-        agent.update(buffer)
-    return steps / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="gym:HalfCheetah-v5")
@@ -150,7 +133,9 @@ def main() -> None:
     if args.e2e_steps:
         print("\n| precision | env steps/s end to end (training loop after the random phase) |\n|---|---|")
         for precision in args.precision:
-            print(f"| {precision} | {end_to_end(args.env, precision, args.e2e_steps):.1f} |")
+            agent, buffer = filled_agent(args.env, precision)
+            steps_per_second = end_to_end(agent, buffer, make_env(args.env, seed=1), args.e2e_steps)
+            print(f"| {precision} | {steps_per_second:.1f} |")
 
 
 if __name__ == "__main__":

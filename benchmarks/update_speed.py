@@ -7,6 +7,8 @@ update is steps 1-5 of spec/ALM.md (four Adam steps on batches of 512). ULD's sc
 environment step, on average one encoder, one value and one policy update, with the encoder updates
 bunched every 250 steps; ULD is timed with a target period of 1 so that every call does exactly that
 amount of work (plus one cheap target copy). Both run in fp32 unless --precision says otherwise.
+The floor columns come from benchmarks/floor.py (the update's GEMMs replayed alone). Last, each
+agent's whole training loop (act, env, replay, its real update schedule) is timed for --e2e-steps.
 The two agents' updates are timed alternately, so the ratio column holds even when the machine's load
 moves the absolute numbers.
 """
@@ -38,6 +40,21 @@ def fill(buffer, env, transitions: int) -> None:
         obs = env.reset() if terminated or truncated else next_obs
 
 
+def end_to_end(agent, buffer, env, steps: int) -> float:
+    """Environment steps per second of the training loop after the random phase: act, env.step,
+    buffer.add and agent.update (with the agent's own schedule: for ULD, run a multiple of its target
+    period so that the encoder bursts are averaged in)."""
+    obs = env.reset()
+    start = time.perf_counter()
+    for _ in range(steps):
+        action = agent.act(obs, explore=True)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset() if terminated or truncated else next_obs
+        float(next(iter(agent.update(buffer).values())))  # wait for the device
+    return steps / (time.perf_counter() - start)
+
+
 def time_update(agent, buffer) -> float:
     """Seconds of one update, waiting for the device before the clock stops."""
     start = time.perf_counter()
@@ -54,6 +71,8 @@ def main() -> None:
     parser.add_argument("--transitions", type=int, default=5_000, help="random transitions in each replay")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--e2e-steps", type=int, default=250,
+                        help="training-loop steps timed end to end per agent, with ULD's real schedule (0: skip)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -95,6 +114,14 @@ def main() -> None:
     for name, median, low, high, params, floor_ms in rows:
         print(f"| {name} | {median:.1f} | {low:.1f} | {high:.1f} | {params / 1e6:.2f}M | {median / alm_ms:.2f} | "
               f"{floor_ms:.1f} | {floor_ms / median:.2f} |")
+    if args.e2e_steps:
+        print("\n| agent | env steps/s end to end (training loop after the random phase) |\n|---|---|")
+        for name, config in {"alm": ALMConfig(), "uld": ULDConfig()}.items():
+            env = make_env(args.env, seed=0)
+            agent, buffer = build_agent(name, env.spec, config, device=args.device, precision=args.precision,
+                                        seed=0, total_steps=100_000)
+            fill(buffer, env, args.transitions)
+            print(f"| {name} | {end_to_end(agent, buffer, env, args.e2e_steps):.2f} |")
 
 
 if __name__ == "__main__":
