@@ -54,10 +54,10 @@ def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
     return bare, with_buffer
 
 
-def filled_agent(env_name: str, precision: str, compile: bool = False) -> tuple[ULDAgent, object]:
+def filled_agent(env_name: str, precision: str, compiled: bool = False) -> tuple[ULDAgent, object]:
     env = make_env(env_name, seed=0)
     cfg = ULDConfig(buffer_capacity=50_000)
-    agent = ULDAgent(env.spec, cfg, precision=precision, compile=compile)
+    agent = ULDAgent(env.spec, cfg, precision=precision, compiled=compiled)
     buffer = make_buffer(env.spec, cfg, seed=0)
     fill(buffer, env, 20_000)
     return agent, buffer
@@ -79,9 +79,9 @@ PATHS = {
 
 def time_paths(env_name: str, precision: str, paths: list[str], steps: int) -> dict[str, float]:
     """Median ms per step of each path, the paths' steps interleaved so that load drifts hit all alike."""
-    agents = {}
+    agents, onednn_before = {}, set_onednn(True)
     for path in paths:
-        agents[path] = filled_agent(env_name, precision, compile=PATHS[path]["compile"])
+        agents[path] = filled_agent(env_name, precision, compiled=PATHS[path]["compile"])
         set_onednn(PATHS[path]["onednn"])
         for _ in range(3):  # warm-up, and compilation for the compiled path
             one_step(*agents[path])
@@ -92,7 +92,7 @@ def time_paths(env_name: str, precision: str, paths: list[str], steps: int) -> d
             start = time.perf_counter()
             one_step(agent, buffer)
             times[path].append((time.perf_counter() - start) * 1000)
-    set_onednn(True)
+    set_onednn(onednn_before)
     return {path: statistics.median(samples) for path, samples in times.items()}
 
 

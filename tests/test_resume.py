@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
 from uld.train.logger import read_eval_csv
-from uld.train.run import TrainConfig, config_differences, train
+from uld.train.run import TrainConfig, config_differences, config_to_resume, train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
                       target_update_period=20, buffer_capacity=5000)
@@ -96,6 +97,21 @@ def test_options_added_after_a_run_started_agree_at_their_default():
     assert config_differences(alm_stored, alm_current) == []
     alm_current["alm"]["batch_size"] = 7
     assert config_differences(alm_stored, alm_current) == ["alm.batch_size (run: 512, this command: 7)"]
+
+
+def test_an_agent_switch_is_a_difference():
+    stored, current = dataclasses.asdict(TrainConfig(agent="uld")), dataclasses.asdict(TrainConfig(agent="alm"))
+    assert "agent (run: 'uld', this command: 'alm')" in config_differences(stored, current)
+
+
+def test_resume_takes_the_resumable_options_from_the_command(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = TrainConfig(env="dmc:cartpole-balance", seed=4, steps=100, threads=2, checkpoint_minutes=10.0)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(stored)))
+    config = config_to_resume(TrainConfig(resume=str(run), steps=300, compile=True, threads=1, checkpoint_every=50))
+    assert (config.env, config.seed, config.out) == ("dmc:cartpole-balance", 4, str(run))  # the run's own
+    assert (config.steps, config.compile, config.threads, config.checkpoint_every) == (300, True, 1, 50)
 
 
 def test_config_mismatch_is_refused_with_the_difference_named(tmp_path):

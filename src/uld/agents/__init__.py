@@ -10,17 +10,17 @@ AGENT_NAMES = ("uld", "alm")
 
 
 def build_agent(name: str, spec: EnvSpec, config: Any, *, device, precision: str, seed: int,
-                total_steps: int, compile: bool = False) -> tuple[Any, Any]:
+                total_steps: int, compiled: bool = False) -> tuple[Any, Any]:
     """Make the named agent and the replay buffer it learns from."""
     if name == "uld":
         from uld.agents.uld.agent import ULDAgent, make_buffer
 
-        agent = ULDAgent(spec, config, device=device, precision=precision, compile=compile)
+        agent = ULDAgent(spec, config, device=device, precision=precision, compiled=compiled)
         return agent, make_buffer(spec, config, seed)
     if name == "alm":
         from uld.agents.alm.agent import ALMAgent, make_buffer
 
         # The agent refuses discrete actions and pixels before the buffer allocates anything.
-        agent = ALMAgent(spec, config, device=device, precision=precision, compile=compile)
+        agent = ALMAgent(spec, config, device=device, precision=precision, compiled=compiled)
         return agent, make_buffer(spec, config, seed, total_steps)
     raise ValueError(f"unknown agent {name!r}; the agents are {', '.join(AGENT_NAMES)}")

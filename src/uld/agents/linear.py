@@ -1,29 +1,45 @@
-"""A Linear layer whose fp32 CPU matmuls run on oneDNN instead of the default BLAS.
+"""A Linear layer whose fp32 CPU matmuls can run on oneDNN instead of PyTorch's default BLAS.
 
 Same parameters, same state_dict and the same function as ``nn.Linear``: only the kernel changes.
-PyTorch's CPU wheel sends fp32 ``F.linear`` to MKL, which on AMD processors takes its AVX2 path; oneDNN
-(already inside PyTorch, and used by it for bf16) runs AVX-512 there. On this project's 2-core Zen 5 CI
-machine that is 2.2x the fp32 GEMM throughput at ULD's shapes (``benchmarks/speed.py`` prints both).
-Results differ from ``F.linear`` only by summation order (fp32 rounding, ~1e-6 relative).
+PyTorch's CPU wheel sends fp32 ``F.linear`` to MKL, which on AMD processors takes its AVX2 code path;
+oneDNN (already inside PyTorch, which uses it for bf16) runs AVX-512 there. On the 2-core AMD Zen 5
+machine this project develops on, that is 2.2x the fp32 GEMM throughput at ULD's shapes
+(``benchmarks/speed.py`` times both). Results differ from ``F.linear`` by fp32 summation order only.
 
-The oneDNN path is taken for CPU fp32 tensors with autocast off and requires grad through a custom
-autograd function whose backward is two more oneDNN GEMMs. Everywhere else (CUDA, bf16 autocast,
-``torch.compile`` tracing, oneDNN missing, ``ULD_ONEDNN_LINEAR=0``) it is exactly ``F.linear``.
+When it is used: for CPU fp32 inputs with autocast off and layers at least 64 wide, in eager mode
+and under ``torch.compile`` (there through the custom op ``uld::onednn_gemm``). It is on by default
+on AMD x86-64 CPUs, the case measured; ``ULD_ONEDNN_LINEAR=1`` turns it on elsewhere (Intel, where
+MKL already runs AVX-512, has not been measured) and ``ULD_ONEDNN_LINEAR=0`` off. Everywhere else
+(CUDA, autocast, narrow layers, empty batches, oneDNN missing) the layer is ``F.linear``.
+
+The backward pass is two more oneDNN GEMMs and is not itself differentiable: double backward
+through this layer raises an error, and ``torch.func`` transforms are not supported on this path
+(set ``ULD_ONEDNN_LINEAR=0`` for either). ULD and ALM need neither.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_ENABLED = (
-    os.environ.get("ULD_ONEDNN_LINEAR", "1") != "0"
-    and torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
+_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _amd_x86() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "AuthenticAMD" in f.read(4096)
+    except OSError:
+        return False
+
+
+_ENABLED = _AVAILABLE and {"0": False, "1": True}.get(os.environ.get("ULD_ONEDNN_LINEAR", ""), _amd_x86())
 # Narrower layers (action encoders, Q output heads) are faster on the default path: oneDNN's fixed
 # per-call overhead outweighs its throughput there.
 _MIN_WIDTH = 64
@@ -56,11 +72,13 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        # Keep only what the backward will read: x for the weight's gradient, weight for x's (in the
+        # actor step the encoder and value weights are frozen, so x is not kept there).
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         return _gemm(x, weight, bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
@@ -68,30 +86,34 @@ class _OneDnnLinear(torch.autograd.Function):
             grad_x = _gemm(grad_out, weight.t(), None)  # (B, out) @ (out, in)
         if ctx.needs_input_grad[1]:
             grad_w = _gemm(grad_out.t(), x.t(), None)  # (out, B) @ (B, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)
         return grad_x, grad_w, grad_b
 
 
-def set_onednn(enabled: bool) -> None:
-    """Turn the oneDNN path on or off for this process (benchmarks compare both; off = ``F.linear``)."""
+def set_onednn(enabled: bool) -> bool:
+    """Turn the oneDNN path on or off for this process; returns the previous setting (benchmarks
+    compare both; off = ``F.linear``)."""
     global _ENABLED
-    _ENABLED = enabled and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    previous, _ENABLED = _ENABLED, enabled and _AVAILABLE
+    return previous
 
 
-def use_onednn(x: Tensor) -> bool:
-    """Whether ``linear`` takes the oneDNN path for this input."""
+def use_onednn(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``linear`` takes the oneDNN path for this input and weight."""
     return (
         _ENABLED
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype == weight.dtype == torch.float32
+        and min(weight.shape) >= _MIN_WIDTH
+        and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
     )
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, on oneDNN for CPU fp32 (see the module docstring)."""
-    if not use_onednn(x) or weight.dtype != torch.float32 or min(weight.shape) < _MIN_WIDTH:
+    if not use_onednn(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     y = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)

@@ -49,7 +49,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     """Arithmetic of the training step: fp32, or bf16 autocast (fast on CPUs with AMX and on GPUs)."""
     compile: bool = False
-    """torch.compile the networks (same results to fp32 rounding; pays on GPUs, neutral on a 2-core CPU)."""
+    """torch.compile the networks (same results to fp32 rounding; measured neutral on a 2-core CPU, meant for GPUs)."""
     threads: int | None = None
     """Torch CPU threads (default: torch's choice, one per core)."""
     progress: bool = True
@@ -118,15 +118,32 @@ def config_from_dict(data: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def config_differences(stored: dict, current: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
+def config_to_resume(config: TrainConfig) -> TrainConfig:
+    """For `--resume DIR`: the run's own config.json, with the options that may change on resumption
+    (RESUMABLE_CHANGES) taken from this command."""
+    stored = Path(config.resume) / "config.json"
+    if not stored.exists():
+        raise UldError(f"{config.resume} is not a run directory (it has no config.json); pass the directory "
+                       "that uld train wrote")
+    base = config_from_dict(json.loads(stored.read_text()))
+    return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps,
+                               progress=config.progress, threads=config.threads, device=config.device,
+                               compile=config.compile, checkpoint_minutes=config.checkpoint_minutes,
+                               checkpoint_every=config.checkpoint_every)
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
     """Names and values of the options on which two resolved configs disagree.
 
     Only the section of the agent being trained counts (an ALM run ignores the `uld` options). An
     option missing from the stored config was added to uld after the run started: it agrees when the
-    current value is that option's default, which keeps the behaviour the run was started with.
+    current value is that option's default, which keeps the behaviour the run was started with (an
+    added option whose default depends on the env would not match, and the run is refused: safe).
     """
-    if defaults is None:
-        defaults = dataclasses.asdict(TrainConfig())
+    return _differences(stored, current, dataclasses.asdict(TrainConfig()), prefix="")
+
+
+def _differences(stored: dict, current: dict, defaults: dict, *, prefix: str) -> list[str]:
     differences = []
     for key in sorted(set(stored) | set(current)):
         if not prefix and (key in RESUMABLE_CHANGES or (key in ("uld", "alm") and key != current.get("agent"))):
@@ -135,7 +152,7 @@ def config_differences(stored: dict, current: dict, prefix: str = "", defaults: 
         if key not in stored and b == defaults.get(key):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            differences += config_differences(a, b, prefix + key + ".", defaults.get(key, {}))
+            differences += _differences(a, b, defaults.get(key, {}), prefix=prefix + key + ".")
         elif a != b:
             differences.append(f"{prefix}{key} (run: {a!r}, this command: {b!r})")
     return differences
@@ -155,13 +172,7 @@ def train(config: TrainConfig) -> Path:
     is bitwise the same as an uninterrupted run on the same machine.
     """
     if config.resume is not None:
-        stored = Path(config.resume) / "config.json"
-        if not stored.exists():
-            raise UldError(f"{config.resume} is not a run directory (it has no config.json); pass the directory "
-                           "that uld train wrote")
-        base = config_from_dict(json.loads(stored.read_text()))
-        config = dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps,
-                                     progress=config.progress, threads=config.threads, device=config.device)
+        config = config_to_resume(config)
     check_positive(config)
     cfg = config.resolved()
     if cfg.threads:
@@ -193,7 +204,7 @@ def train(config: TrainConfig) -> Path:
     seed_everything(cfg.seed)
     agent_config = getattr(cfg, cfg.agent)
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
-                                seed=cfg.seed, total_steps=cfg.steps, compile=cfg.compile)
+                                seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
     start_step = loaded[1] if loaded is not None else 0
     logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress)
     trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,

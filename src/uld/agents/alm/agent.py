@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from uld.agents.alm import losses
-from uld.agents.compile import compile_networks
 from uld.agents.alm.config import ALMConfig
 from uld.agents.alm.networks import (
     Actor,
@@ -21,6 +20,7 @@ from uld.agents.alm.networks import (
     count_parameters,
     truncated_normal_sample,
 )
+from uld.agents.compile import compile_networks
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
 from uld.replay.buffer import ReplayBuffer
@@ -50,7 +50,7 @@ class ALMAgent:
     """ALM: encoder, latent model and policy trained on one lower bound of the expected return."""
 
     def __init__(self, spec: EnvSpec, config: ALMConfig = ALMConfig(), device: str | torch.device = "cpu",
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compiled: bool = False):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         check_supported(spec)
@@ -65,7 +65,7 @@ class ALMAgent:
         self.actor = Actor(cfg.latent_dim, action_dim, cfg.hidden_dim).to(self.device)
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        if compile:
+        if compiled:
             compile_networks(self.encoder, self.model, self.reward, self.classifier, self.critic, self.actor,
                              self.encoder_target, self.critic_target)
         self.model_optimizer = _adam([self.encoder, self.model], cfg.lr)

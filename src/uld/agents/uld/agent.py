@@ -44,7 +44,7 @@ class ULDAgent:
     """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings."""
 
     def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compiled: bool = False):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.spec = spec
@@ -60,9 +60,10 @@ class ULDAgent:
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.value_target = copy.deepcopy(self.value).requires_grad_(False)
-        if compile:  # the Encoder itself has no forward: its f, g and model parts are the networks
+        if compiled:  # the Encoder has no forward of its own: its parts are the networks
             compile_networks(*(part for encoder in (self.encoder, self.encoder_target)
-                               for part in (encoder.state_encoder, encoder.state_action_encoder, encoder.model)),
+                               for part in (encoder.state_encoder, encoder.action_encoder,
+                                            encoder.state_action_encoder, encoder.model)),
                              self.policy, self.policy_target, self.value, self.value_target)
         self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay)
         self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay)
@@ -126,7 +127,8 @@ class ULDAgent:
         return self.encoder_target if self.config.target_encoder else self.encoder
 
     def _prepare_obs(self, obs: Tensor) -> Tensor:
-        """(B, T, *obs_shape) -> (B * T, *obs_shape): float vectors, or uint8 frames augmented."""
+        """(B, T, *obs_shape) -> (B * T, *obs_shape): float vectors, or uint8 frames (shift-augmented
+        unless the config turns augmentation off)."""
         flat = obs.flatten(0, 1)
         if self.spec.pixels:  # uint8 frames: the encoder scales them (spec: Networks, pixel encoder)
             return shift_augment(flat) if self.config.pixel_augmentation else flat

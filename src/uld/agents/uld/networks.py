@@ -14,6 +14,13 @@ from torch import Tensor, nn
 from uld.agents.linear import Linear
 
 
+# Without autograd (the target encoder's pass over H next states), the pixel encoder takes large
+# batches in chunks of this many images: each conv map then fits the CPU's last-level cache and the
+# allocator reuses its memory instead of mapping fresh pages. Every layer treats images independently,
+# so the result is that of one pass, to fp32 rounding (convolution algorithms depend on batch size).
+NO_GRAD_CHUNK = 128
+
+
 def ln_act(x: Tensor, act) -> Tensor:
     """Layer norm over the last dim without affine parameters, then the activation."""
     return act(F.layer_norm(x, x.shape[-1:]))
@@ -71,19 +78,14 @@ class PixelStateEncoder(nn.Module):
             side = (side - 3) // conv.stride[0] + 1
         self.linear = Linear(32 * side * side, zs_dim)
 
-    # Without autograd, large batches go through in chunks of this many images: each conv map then fits
-    # the CPU's last-level cache and the allocator reuses its memory instead of mapping fresh pages.
-    # Every layer treats images independently, so the result is the same as one pass.
-    no_grad_chunk = 128
-
     def forward(self, obs: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and obs.shape[0] > self.no_grad_chunk:
-            return torch.cat([self._forward(chunk) for chunk in obs.split(self.no_grad_chunk)])
+        if not torch.is_grad_enabled() and obs.shape[0] > NO_GRAD_CHUNK:
+            return torch.cat([self._forward(chunk) for chunk in obs.split(NO_GRAD_CHUNK)])
         return self._forward(obs)
 
     def _forward(self, obs: Tensor) -> Tensor:
         # Channels-last (NHWC) is oneDNN's native layout: the convolutions run 2-3x faster on a CPU than
-        # on NCHW, which oneDNN would reorder at every call. The values are the same either way. The
+        # on NCHW, which oneDNN would reorder at every call; the values agree to fp32 rounding. The
         # scaling and the ELUs work in place on fresh tensors that autograd does not need to keep (a
         # convolution's backward uses its input, not its output; ELU's can use its output).
         # The layout changes on the uint8 frames (a quarter of the bytes), then they become floats.
