@@ -1,6 +1,6 @@
 """Does bf16 learn what fp32 learns? The full-size agent trained in both precisions on the same seeds.
 
-    python benchmarks/precision.py --env dmc:cartpole-balance --seeds 0 1 2 --steps 15000
+    python benchmarks/precision.py --env dmc:cartpole-balance --seeds 0 1 2 --steps 15000 --threads 1
 
 Each (precision, seed) is trained by `uld train` in its own process (resumable, skipped when already
 finished: the same command re-prints the table). For every evaluation step the table gives each
