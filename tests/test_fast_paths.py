@@ -119,9 +119,12 @@ def _losses_over_updates(agent_name: str, config, compiled: bool, updates: int) 
         obs = env.reset() if terminated or truncated else next_obs
     counters.clear()
     history = []
-    for step in range(updates):
-        torch.manual_seed(100 + step)  # the same exploration and target-policy noise in both runs
-        history.append({name: float(value) for name, value in agent.update(buffer).items()})
+    # A network falling back to eager after too many recompilations is an error here, not a warning.
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        agent.act(obs, explore=False)  # acting too: batch 1, no grad (no random draw when not exploring)
+        for step in range(updates):
+            torch.manual_seed(100 + step)  # the same exploration and target-policy noise in both runs
+            history.append({name: float(value) for name, value in agent.update(buffer).items()})
     # The compiled run really ran compiled graphs, whole: every frame dynamo met compiled, no graph breaks.
     assert (counters["stats"]["unique_graphs"] > 0) == compiled
     assert counters["frames"]["ok"] == counters["frames"]["total"] and not counters["graph_break"]

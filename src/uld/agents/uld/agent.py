@@ -60,10 +60,14 @@ class ULDAgent:
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.value_target = copy.deepcopy(self.value).requires_grad_(False)
-        if compiled:  # the Encoder has no forward of its own: its parts are the networks
+        if compiled:
+            # The Encoder has no forward of its own: its parts are compiled, except the single Linear
+            # layers (action encoder, linear latent model). One GEMM has nothing to fuse, and every
+            # Linear shares one code object, whose variants (two layers, batch shapes, dtypes under
+            # autocast) would exceed torch.compile's recompile limit.
             compile_networks(*(part for encoder in (self.encoder, self.encoder_target)
-                               for part in (encoder.state_encoder, encoder.action_encoder,
-                                            encoder.state_action_encoder, encoder.model)),
+                               for part in (encoder.state_encoder, encoder.state_action_encoder, encoder.model)
+                               if not isinstance(part, torch.nn.Linear)),
                              self.policy, self.policy_target, self.value, self.value_target)
         self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay)
         self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay)
