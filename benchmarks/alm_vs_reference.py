@@ -18,13 +18,10 @@ import argparse
 import csv
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-from uld.train.logger import read_eval_csv
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import run_dir, train_all  # noqa: E402  (the same runner as the ULD learning benchmark)
+from learning import per_seed, reference_cells, returns_by_step, train_all  # noqa: E402  (shared with the ULD benchmark)
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "alm"
 RANDOM_STEPS = 5_000
@@ -59,14 +56,7 @@ def load_reference(directory: Path, env: str) -> dict[int, list[float]]:
 
 def compare(env: str, seeds: list[int], out: Path, reference: Path) -> str:
     ref = load_reference(reference, env)
-    ours: dict[int, list[float]] = defaultdict(list)
-    wall: dict[int, list[float]] = defaultdict(list)
-    for seed in seeds:
-        path = run_dir(out, env, seed) / "eval.csv"
-        if path.exists():
-            for row in read_eval_csv(path):
-                ours[row["step"]].append(row["mean_return"])
-                wall[row["step"]].append(row["wall_seconds"])
+    ours, wall = returns_by_step(out, env, seeds), returns_by_step(out, env, seeds, "wall_seconds")
     lines = [f"ALM on {env} (ours) vs the authors' {REFERENCE_FILES[env.partition(':')[2].split('-v')[0]]}.csv "
              f"(gym -v2, MuJoCo 1.50); reference step = our step - {RANDOM_STEPS:,}",
              "| our step | ref step | ours (mean) | ours per seed | wall s | ref mean | ref std | ref min | ref max "
@@ -74,16 +64,10 @@ def compare(env: str, seeds: list[int], out: Path, reference: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for step in sorted(ours):
         mine = statistics.fmean(ours[step])
-        per_seed = " / ".join(f"{x:.1f}" for x in ours[step])
-        seconds = f"{statistics.fmean(wall[step]):.0f}"
         theirs = ref.get(step - RANDOM_STEPS)
-        if theirs:
-            below = sum(r < mine for r in theirs)
-            lines.append(f"| {step} | {step - RANDOM_STEPS} | {mine:.1f} | {per_seed} | {seconds} | "
-                         f"{statistics.fmean(theirs):.1f} | {statistics.pstdev(theirs):.1f} | {min(theirs):.1f} | "
-                         f"{max(theirs):.1f} | {below}/{len(theirs)} |")
-        else:
-            lines.append(f"| {step} | – | {mine:.1f} | {per_seed} | {seconds} | – | – | – | – | – |")
+        ref_step = step - RANDOM_STEPS if theirs else "–"
+        lines.append(f"| {step} | {ref_step} | {mine:.1f} | {per_seed(ours[step])} | {statistics.fmean(wall[step]):.0f} | "
+                     f"{reference_cells(mine, theirs)} |")
     return "\n".join(lines)
 
 
@@ -93,7 +77,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=15_000)
     parser.add_argument("--out", type=Path, default=Path("runs/alm-vs-reference"))
-    parser.add_argument("--parallel", type=int, default=1, help="training processes at once (one thread each)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="training processes at once (one thread each when more than one)")
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     parser.add_argument("--compare-only", action="store_true", help="print the table from existing runs")
     args, extra = parser.parse_known_args()  # the rest goes to `uld train`, e.g. --precision bf16

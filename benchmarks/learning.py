@@ -71,28 +71,40 @@ def train_all(envs: list[str], seeds: list[int], steps: int, out: Path, parallel
         process.wait()
 
 
+def returns_by_step(out: Path, env: str, seeds: list[int], column: str = "mean_return") -> dict[int, list[float]]:
+    """Evaluation step -> one eval.csv column over the seeds whose run reached that step."""
+    table: dict[int, list[float]] = defaultdict(list)
+    for seed in seeds:
+        path = run_dir(out, env, seed) / "eval.csv"
+        if path.exists():
+            for row in read_eval_csv(path):
+                table[row["step"]].append(row[column])
+    return table
+
+
+def per_seed(values: list[float]) -> str:
+    return " / ".join(f"{x:.1f}" for x in values)
+
+
+def reference_cells(mine: float, theirs: list[float] | None) -> str:
+    """The cells `ref mean | ref std | ref min | ref max | ref seeds below ours` (dashes when no reference)."""
+    if not theirs:
+        return "– | – | – | – | –"
+    return (f"{statistics.fmean(theirs):.1f} | {statistics.pstdev(theirs):.1f} | {min(theirs):.1f} | "
+            f"{max(theirs):.1f} | {sum(r < mine for r in theirs)}/{len(theirs)}")
+
+
 def compare(envs: list[str], seeds: list[int], out: Path, reference: Path) -> str:
     ref = load_reference(reference)
     lines = ["| env | step | ours (mean over seeds) | ours per seed | ref mean | ref std | ref min | ref max | ref seeds below ours |",
              "|---|---|---|---|---|---|---|---|---|"]
     for env in envs:
-        ours: dict[int, list[float]] = defaultdict(list)
-        for seed in seeds:
-            path = run_dir(out, env, seed) / "eval.csv"
-            if path.exists():
-                for row in read_eval_csv(path):
-                    ours[row["step"]].append(row["mean_return"])
+        ours = returns_by_step(out, env, seeds)
         ref_env = ref.get(reference_name(env), {})
         for step in sorted(ours):
             mine = statistics.fmean(ours[step])
-            theirs = ref_env.get(step)
-            if theirs:
-                below = sum(r < mine for r in theirs)
-                lines.append(f"| {env} | {step} | {mine:.1f} | {' / '.join(f'{x:.1f}' for x in ours[step])} | "
-                             f"{statistics.fmean(theirs):.1f} | {statistics.pstdev(theirs):.1f} | {min(theirs):.1f} | "
-                             f"{max(theirs):.1f} | {below}/{len(theirs)} |")
-            else:
-                lines.append(f"| {env} | {step} | {mine:.1f} | {' / '.join(f'{x:.1f}' for x in ours[step])} | – | – | – | – | – |")
+            lines.append(f"| {env} | {step} | {mine:.1f} | {per_seed(ours[step])} | "
+                         f"{reference_cells(mine, ref_env.get(step))} |")
     return "\n".join(lines)
 
 

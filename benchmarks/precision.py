@@ -15,23 +15,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from uld.train.logger import read_eval_csv
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import run_dir, train_all  # noqa: E402  (the same runner as the learning benchmark)
+from learning import per_seed, returns_by_step, train_all  # noqa: E402  (shared with the learning benchmark)
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def returns_by_step(out: Path, env: str, seeds: list[int]) -> dict[int, list[float]]:
-    """Evaluation step -> the seeds' mean returns, for the seeds whose run reached that step."""
-    table: dict[int, list[float]] = {}
-    for seed in seeds:
-        path = run_dir(out, env, seed) / "eval.csv"
-        if path.exists():
-            for row in read_eval_csv(path):
-                table.setdefault(row["step"], []).append(row["mean_return"])
-    return table
 
 
 def compare(env: str, seeds: list[int], out: Path) -> str:
@@ -44,8 +31,8 @@ def compare(env: str, seeds: list[int], out: Path) -> str:
         within = "–"
         if len(a) == len(b) == len(seeds):
             within = "yes" if min(a) <= statistics.fmean(b) <= max(a) else "no"
-        lines.append(f"| {step} | {' / '.join(f'{x:.1f}' for x in a)} | {statistics.fmean(a) if a else float('nan'):.1f} | "
-                     f"{' / '.join(f'{x:.1f}' for x in b)} | {statistics.fmean(b) if b else float('nan'):.1f} | {within} |")
+        lines.append(f"| {step} | {per_seed(a)} | {statistics.fmean(a) if a else float('nan'):.1f} | "
+                     f"{per_seed(b)} | {statistics.fmean(b) if b else float('nan'):.1f} | {within} |")
     return "\n".join(lines)
 
 

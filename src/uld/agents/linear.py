@@ -86,7 +86,7 @@ class _OneDnnLinear(torch.autograd.Function):
             grad_x = _gemm(grad_out, weight.t(), None)  # (B, out) @ (out, in)
         if ctx.needs_input_grad[1]:
             grad_w = _gemm(grad_out.t(), x.t(), None)  # (out, B) @ (B, in)
-        if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             grad_b = grad_out.sum(0)
         return grad_x, grad_w, grad_b
 
