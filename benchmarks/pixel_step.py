@@ -33,6 +33,7 @@ from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
 from uld.envs.base import EnvSpec
+from uld.train.allocator import keep_freed_memory
 
 SPECS = {
     "atari": EnvSpec("atari:benchmark", (4, 84, 84), 18, True, 27_000, pixels=True, frame_history=4),
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--e2e-steps", type=int, default=5, help="training-loop steps timed on real envs (0: skip)")
     parser.add_argument("--e2e-envs", nargs="+", default=["atari:Pong", "dmc-pixels:cheetah-run"])
     args = parser.parse_args()
+    # As `uld train` does (ULD_KEEP_FREED_MEMORY=0 measures without it).
+    print(f"malloc keeps freed memory (uld/train/allocator.py): {keep_freed_memory()}")
     torch.set_num_threads(args.threads)
     config = dataclasses.replace(ULDConfig(), target_update_period=1, buffer_capacity=args.transitions + 100)
 

@@ -31,6 +31,7 @@ from uld.agents.linear import set_onednn
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
+from uld.train.allocator import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import RecordKernels  # noqa: E402  (the GEMM floor, shared with the other speed benchmarks)
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     parser.add_argument("--e2e-steps", type=int, default=250, help="training-loop steps timed end to end (0: skip)")
     args = parser.parse_args()
+    # As `uld train` does (ULD_KEEP_FREED_MEMORY=0 measures without it).
+    print(f"malloc keeps freed memory (uld/train/allocator.py): {keep_freed_memory()}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {open('/proc/loadavg').read().split()[:3]}")

@@ -28,6 +28,7 @@ from uld.agents import build_agent
 from uld.agents.alm.config import ALMConfig
 from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
+from uld.train.allocator import keep_freed_memory
 
 
 def fill(buffer, env, transitions: int) -> None:
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--e2e-steps", type=int, default=250,
                         help="training-loop steps timed end to end per agent, with ULD's real schedule (0: skip)")
     args = parser.parse_args()
+    # As `uld train` does (ULD_KEEP_FREED_MEMORY=0 measures without it).
+    print(f"malloc keeps freed memory (uld/train/allocator.py): {keep_freed_memory()}")
 
     torch.manual_seed(0)
     configs = {

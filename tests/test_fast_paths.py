@@ -170,6 +170,20 @@ def test_shift_augment_is_replicate_pad_then_crop_at_each_images_shift():
         assert shift_augment(image, pad=1)[0, 0].tolist() == pixels, seed
 
 
+def test_shift_augment_on_a_time_major_view_draws_and_writes_in_that_order():
+    from uld.agents.uld.agent import shift_augment
+
+    frames = torch.randint(0, 256, (3, 4, 2, 10, 12), dtype=torch.uint8)  # (B, T, C, H, W) as sampled
+    time_major = frames.transpose(0, 1)  # (T, B, ...): a view, as the agent passes it
+    torch.manual_seed(5)
+    out = shift_augment(time_major, pad=4)
+    torch.manual_seed(5)
+    flat = shift_augment(time_major.reshape(12, 2, 10, 12), pad=4)  # the same images, copied in that order
+    assert out.shape == (4, 3, 2, 10, 12) and out.is_contiguous()
+    assert torch.equal(out.reshape(12, 2, 10, 12), flat)
+    assert not torch.equal(out[0, 1], out[1, 0])  # different images got different shifts, or were different
+
+
 def test_pixel_encoder_chunked_no_grad_pass_equals_one_pass():
     from uld.agents.uld.networks import PixelStateEncoder
 
@@ -180,3 +194,28 @@ def test_pixel_encoder_chunked_no_grad_pass_equals_one_pass():
         chunked = encoder(frames)  # 3 chunks of <= 128
     whole = encoder(frames).detach()  # with autograd on: one pass
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_keep_freed_memory_lets_a_freed_64_mib_block_be_reused_without_page_faults():
+    import subprocess
+    import sys
+
+    # A second 64 MiB array after freeing the first: with glibc's defaults it is a fresh mmap whose
+    # pages all fault (at least 32 faults even with 2 MiB transparent huge pages, 16,384 with 4 KiB
+    # pages); with keep_freed_memory it reuses the freed block, already mapped.
+    script = (
+        "import resource, numpy as np\n"
+        "from uld.train.allocator import keep_freed_memory\n"
+        "kept = keep_freed_memory()\n"
+        "a = np.ones(1 << 23); del a\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "a = np.ones(1 << 23)\n"
+        "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    faults = {}
+    for setting in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "ULD_KEEP_FREED_MEMORY": setting}).stdout.split()
+        faults[setting] = (out[0], int(out[1]))
+    assert faults["0"][0] == "False" and faults["0"][1] >= 32
+    assert faults["1"][0] == "True" and faults["1"][1] < 8

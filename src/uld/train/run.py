@@ -21,6 +21,7 @@ from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
 from uld.envs.protocol import protocol_for
 from uld.errors import UldError
+from uld.train.allocator import keep_freed_memory
 from uld.train.logger import Logger
 from uld.train.checkpoint import Checkpointer
 from uld.train.trainer import Trainer
@@ -177,6 +178,7 @@ def train(config: TrainConfig) -> Path:
     cfg = config.resolved()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()  # fresh pages for each step's large temporaries cost page faults (train/allocator.py)
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
     checkpointer = Checkpointer(run_dir / "checkpoints")

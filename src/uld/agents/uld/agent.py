@@ -21,18 +21,20 @@ from uld.replay.frames import FrameStackBuffer
 def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
     """DrQ augmentation: replicate-pad by `pad`, then crop back at a random integer shift per image.
 
-    obs: (N, C, H, W), any dtype; returns the same dtype. Each image gets its own shift (dy, dx) in
-    [0, 2 * pad] along each axis. Pad-then-crop is computed as one gather: output pixel (i, j) is input
-    pixel (clamp(i + dy - pad), clamp(j + dx - pad)), which is exactly what replicate padding gives
-    there. On uint8 frames this moves a quarter of the bytes of padding float images.
+    obs: (..., C, H, W), any dtype and any strides on the leading dims; returns a contiguous tensor
+    of the same shape and dtype. Each image gets its own shift (dy, dx) in [0, 2 * pad] along each
+    axis, drawn in the order of the leading dims. Pad-then-crop is computed as one gather: output
+    pixel (i, j) is input pixel (clamp(i + dy - pad), clamp(j + dx - pad)), which is exactly what
+    replicate padding gives there. On uint8 frames this moves a quarter of the bytes of padding float
+    images, and the gather writes the output in the order of the leading dims as given.
     """
-    n, c, h, w = obs.shape
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=obs.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=obs.device)
-    rows = (dy + torch.arange(h, device=obs.device) - pad).clamp_(0, h - 1)  # (N, H)
-    cols = (dx + torch.arange(w, device=obs.device) - pad).clamp_(0, w - 1)  # (N, W)
-    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
-    return obs.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    *lead, c, h, w = obs.shape
+    dy = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device)
+    dx = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device)
+    rows = (dy + torch.arange(h, device=obs.device) - pad).clamp_(0, h - 1)  # (..., H)
+    cols = (dx + torch.arange(w, device=obs.device) - pad).clamp_(0, w - 1)  # (..., W)
+    index = (rows[..., :, None] * w + cols[..., None, :]).view(*lead, 1, h * w).expand(*lead, c, h * w)
+    return obs.flatten(-2).gather(-1, index).view(*lead, c, h, w)
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -131,28 +133,32 @@ class ULDAgent:
         return self.encoder_target if self.config.target_encoder else self.encoder
 
     def _prepare_obs(self, obs: Tensor) -> Tensor:
-        """(B, T, *obs_shape) -> (B * T, *obs_shape): float vectors, or uint8 frames (shift-augmented
-        unless the config turns augmentation off)."""
-        flat = obs.flatten(0, 1)
+        """(B, T, *obs_shape) -> (T, B, *obs_shape): float vectors, or uint8 frames (shift-augmented
+        unless the config turns augmentation off).
+
+        Time-major, so that the batch of one time step, or of all steps after the first, is a view
+        of one block rather than a copy (for pixels the augmentation writes that order directly).
+        """
+        obs = obs.transpose(0, 1)
         if self.spec.pixels:  # uint8 frames: the encoder scales them (spec: Networks, pixel encoder)
-            return shift_augment(flat) if self.config.pixel_augmentation else flat
-        return flat.float()
+            return shift_augment(obs) if self.config.pixel_augmentation else obs
+        return obs.float()
 
     def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
         H = cfg.enc_horizon
         batch = buffer.sample(cfg.batch_size, cfg.encoder_window, self.device)
-        obs = self._prepare_obs(batch.obs[:, : H + 1]).unflatten(0, (batch.obs.shape[0], H + 1))
+        obs = self._prepare_obs(batch.obs[:, : H + 1])  # (H + 1, B, ...)
         next_action = None
         with torch.no_grad(), self._autocast():
             target_encoder = self._encoder_for_targets
-            target = target_encoder.f(obs[:, 1:].flatten(0, 1)).unflatten(0, (obs.shape[0], H))
+            target = target_encoder.f(obs[1:].flatten(0, 1)).unflatten(0, (H, obs.shape[1])).transpose(0, 1)
             if cfg.dynamics_target == "zsa":  # design study: the target is the next state-action embedding
                 next_action = batch.action[:, 1 : H + 1]
                 target = target_encoder.g(target, next_action)
         with self._autocast():
             loss, metrics = losses.encoder_loss(
-                self.encoder, obs[:, 0], batch.action[:, :H], batch.reward[:, :H], batch.terminated[:, :H], target,
+                self.encoder, obs[0], batch.action[:, :H], batch.reward[:, :H], batch.terminated[:, :H], target,
                 self.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated,
                 next_action,
             )
@@ -172,11 +178,11 @@ class ULDAgent:
     def _update_value_and_policy(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
         batch = buffer.sample(cfg.batch_size, cfg.q_horizon, self.device)
-        obs = self._prepare_obs(batch.obs[:, [0, cfg.q_horizon]]).unflatten(0, (batch.obs.shape[0], 2))
+        obs = self._prepare_obs(batch.obs[:, [0, cfg.q_horizon]])  # (2, B, ...)
         with torch.no_grad(), self._autocast():
             R, ND = losses.n_step_return(batch.reward, batch.terminated, cfg.discount)
             target_encoder = self._encoder_for_targets
-            zs_next = target_encoder.f(obs[:, 1])
+            zs_next = target_encoder.f(obs[1])
             next_q = self.value_target(target_encoder.g(zs_next, self._target_action(zs_next)))
             y = losses.critic_target(R, ND, next_q, cfg.discount, cfg.q_horizon,
                                      self.reward_scale, self.target_reward_scale, cfg.clipped_double_q)
@@ -184,7 +190,7 @@ class ULDAgent:
         # model-based representation, where the critic loss is what trains the encoder.
         with self._autocast():
             with torch.set_grad_enabled(not cfg.model_based_representation):
-                zs = self.encoder.f(obs[:, 0])
+                zs = self.encoder.f(obs[0])
                 zsa = self.encoder.g(zs, batch.action[:, 0])
             value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, cfg.critic_loss)
         zs = zs.detach()
