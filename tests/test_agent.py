@@ -422,3 +422,48 @@ def test_bf16_updates_see_the_weights_of_the_previous_step(monkeypatch) -> None:
     monkeypatch.setattr(losses, "encoder_loss", recording)
     agent.update(buffer)
     assert len(seen) == 3 and len(set(seen)) == 3, seen
+
+
+class _FixedBatches:
+    """Stands in for the replay buffer: every draw is the given batch."""
+
+    ever_terminated = True
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def sample(self, batch_size: int, horizon: int, device="cpu"):
+        return self.batch
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_encoder_update_pairs_each_subsequence_with_its_own_targets(pixels):
+    # The agent works on time-major (T, B, ...) observation batches; its encoder loss must be the
+    # batch-major formula of losses.encoder_loss, each subsequence with the targets of its own states.
+    from uld.replay.buffer import Batch
+
+    torch.manual_seed(0)
+    spec = EnvSpec("test:pixels", (4, 36, 36), 3, False, 100, pixels=True) if pixels else VECTOR
+    cfg = small_config(pixel_augmentation=False)
+    agent = ULDAgent(spec, cfg)
+    B, H = cfg.batch_size, cfg.enc_horizon
+    if pixels:
+        obs = torch.randint(0, 256, (B, H + 1, *spec.obs_shape), dtype=torch.uint8)
+    else:
+        obs = torch.randn(B, H + 1, *spec.obs_shape)
+    terminated = torch.zeros(B, H)
+    terminated[1, 2] = 1.0
+    batch = Batch(np.arange(B), obs, torch.rand(B, H, spec.action_dim) * 2 - 1, torch.randn(B, H), terminated)
+
+    def loss_with(target):
+        loss, _ = losses.encoder_loss(agent.encoder, obs[:, 0], batch.action, batch.reward, terminated, target,
+                                      agent.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, True)
+        return loss.item()
+
+    with torch.no_grad():
+        zs_next = agent.encoder_target.f(obs[:, 1:].flatten(0, 1))  # batch-major: row b * H + i
+        expected = loss_with(zs_next.unflatten(0, (B, H)))
+        mispaired = loss_with(zs_next.unflatten(0, (H, B)).transpose(0, 1))  # what a layout slip would give
+    assert abs(mispaired - expected) > 1e-3 * abs(expected)  # the check below can tell the two apart
+    metrics = agent._update_encoder(_FixedBatches(batch))
+    assert metrics["encoder/loss"].item() == pytest.approx(expected, rel=1e-5)

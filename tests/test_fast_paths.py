@@ -7,7 +7,10 @@ agree to 1e-4 relative.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -181,7 +184,10 @@ def test_shift_augment_on_a_time_major_view_draws_and_writes_in_that_order():
     flat = shift_augment(time_major.reshape(12, 2, 10, 12), pad=4)  # the same images, copied in that order
     assert out.shape == (4, 3, 2, 10, 12) and out.is_contiguous()
     assert torch.equal(out.reshape(12, 2, 10, 12), flat)
-    assert not torch.equal(out[0, 1], out[1, 0])  # different images got different shifts, or were different
+    # One image everywhere: the outputs differ only by their shifts, drawn one per image.
+    same = torch.randint(0, 256, (1, 1, 2, 10, 12), dtype=torch.uint8).expand(3, 4, 2, 10, 12).transpose(0, 1)
+    shifted = shift_augment(same, pad=4).reshape(12, -1)
+    assert len({tuple(row.tolist()) for row in shifted}) > 1
 
 
 def test_pixel_encoder_chunked_no_grad_pass_equals_one_pass():
@@ -196,10 +202,8 @@ def test_pixel_encoder_chunked_no_grad_pass_equals_one_pass():
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_keep_freed_memory_lets_a_freed_64_mib_block_be_reused_without_page_faults():
-    import subprocess
-    import sys
-
     # A second 64 MiB array after freeing the first: with glibc's defaults it is a fresh mmap whose
     # pages all fault (at least 32 faults even with 2 MiB transparent huge pages, 16,384 with 4 KiB
     # pages); with keep_freed_memory it reuses the freed block, already mapped.
@@ -212,10 +216,13 @@ def test_keep_freed_memory_lets_a_freed_64_mib_block_be_reused_without_page_faul
         "a = np.ones(1 << 23)\n"
         "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     faults = {}
     for setting in ("1", "0"):
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                             env={**__import__("os").environ, "ULD_KEEP_FREED_MEMORY": setting}).stdout.split()
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120,
+                             env={**environment, "ULD_KEEP_FREED_MEMORY": setting}).stdout.split()
         faults[setting] = (out[0], int(out[1]))
+    if faults["1"][0] == "False":
+        pytest.skip("this C library has no mallopt (not glibc)")
     assert faults["0"][0] == "False" and faults["0"][1] >= 32
-    assert faults["1"][0] == "True" and faults["1"][1] < 8
+    assert faults["1"][1] < 8

@@ -178,7 +178,6 @@ def train(config: TrainConfig) -> Path:
     cfg = config.resolved()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    keep_freed_memory()  # fresh pages for each step's large temporaries cost page faults (train/allocator.py)
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
     checkpointer = Checkpointer(run_dir / "checkpoints")
@@ -216,6 +215,9 @@ def train(config: TrainConfig) -> Path:
     if loaded is not None:
         trainer.load_state_dict(loaded[0])
         del loaded
+    # Now that the buffer and the loaded arrays have their own mappings: from here on, freed blocks stay
+    # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
+    keep_freed_memory()
     previous_handlers = _install_signal_handlers(trainer)
     try:
         trainer.train(cfg.steps)
