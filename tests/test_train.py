@@ -74,6 +74,8 @@ def test_dmc_run_short(tmp_path):
         (["--env", "gym:HalfCheeta-v5"], "HalfCheetah-v5"),
         (["--env", "pong"], "Unknown env name"),
         (["--steps", "0"], "--steps must be a positive integer"),
+        (["--uld.q-horizon", "0"], "--uld.q-horizon must be a positive integer, got 0"),
+        (["--agent", "alm", "--alm.seq-len", "-1"], "--alm.seq-len must be a positive integer, got -1"),
     ],
 )
 def test_cli_bad_input_is_one_sentence_and_exit_2(args, message, tmp_path):

@@ -103,6 +103,12 @@ def check_positive(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise UldError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    # The agent's sizes, horizons and periods too (a random phase may be empty).
+    agent_config = getattr(config, config.agent)
+    for field in dataclasses.fields(agent_config):
+        value = getattr(agent_config, field.name)
+        if type(value) is int and field.name != "random_steps" and value <= 0:
+            raise UldError(f"--{config.agent}.{field.name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 # Options that may change between the start of a run and its resumption; every other one is part of

@@ -178,7 +178,8 @@ class ULDAgent:
     def _update_value_and_policy(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
         batch = buffer.sample(cfg.batch_size, cfg.q_horizon, self.device)
-        obs = self._prepare_obs(batch.obs[:, [0, cfg.q_horizon]])  # (2, B, ...)
+        # Steps 0 and q_horizon of the q_horizon + 1 sampled, as a strided view rather than a copy.
+        obs = self._prepare_obs(batch.obs[:, :: cfg.q_horizon])  # (2, B, ...)
         with torch.no_grad(), self._autocast():
             R, ND = losses.n_step_return(batch.reward, batch.terminated, cfg.discount)
             target_encoder = self._encoder_for_targets
