@@ -1,6 +1,6 @@
 """Does bf16 learn what fp32 learns? The full-size agent trained in both precisions on the same seeds.
 
-    python benchmarks/precision.py --env dmc:cartpole-balance --seeds 0 1 2 --steps 15000 --threads 1
+    python benchmarks/precision.py --env dmc:cartpole-balance --seeds 0 1 2 3 4 --steps 20000 --threads 1
 
 Each (precision, seed) is trained by `uld train` in its own process (resumable, skipped when already
 finished: the same command re-prints the table). For every evaluation step the table gives each
@@ -39,8 +39,8 @@ def compare(env: str, seeds: list[int], out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="dmc:cartpole-balance")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=15_000)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark-precision"))
     parser.add_argument("--parallel", type=int, default=2, help="training processes at once")
     parser.add_argument("--compare-only", action="store_true", help="print the table from existing runs")
