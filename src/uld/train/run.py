@@ -133,10 +133,8 @@ def config_to_resume(config: TrainConfig) -> TrainConfig:
         raise UldError(f"{config.resume} is not a run directory (it has no config.json); pass the directory "
                        "that uld train wrote")
     base = config_from_dict(json.loads(stored.read_text()))
-    return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps,
-                               progress=config.progress, threads=config.threads, device=config.device,
-                               compile=config.compile, checkpoint_minutes=config.checkpoint_minutes,
-                               checkpoint_every=config.checkpoint_every)
+    from_command = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name not in ("steps", "out", "resume")}
+    return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps, **from_command)
 
 
 def config_differences(stored: dict, current: dict) -> list[str]:
