@@ -131,7 +131,7 @@ def test_horizon_switches_are_the_existing_fields():
 
 def test_variant_args_select_the_variant_through_the_cli():
     from uld.agents.uld.design_study import variant_args
-    from uld.cli import parse_train_args
+    from uld.train.config import parse_train_args
 
     for name, changes in VARIANTS.items():
         config = parse_train_args(variant_args(name))

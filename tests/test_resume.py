@@ -18,7 +18,8 @@ from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
 from uld.train.logger import read_eval_csv
-from uld.train.run import TrainConfig, config_differences, config_to_resume, train
+from uld.train.config import TrainConfig, config_differences, config_to_resume
+from uld.train.run import train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
                       target_update_period=20, buffer_capacity=5000)

@@ -21,18 +21,8 @@ commands:
 """
 
 
-def parse_train_args(argv: list[str]):
-    """uld train's options as a TrainConfig (uld sweep checks the options it passes on with it too)."""
-    from uld.agents.alm.config import reduced_config as reduced_alm
-    from uld.agents.uld.config import reduced_config as reduced_uld
-    from uld.train.run import TrainConfig
-
-    # --small changes the defaults that the other flags override, so it is read before parsing.
-    default = TrainConfig(small=True, uld=reduced_uld(), alm=reduced_alm()) if "--small" in argv else TrainConfig()
-    return tyro.cli(TrainConfig, args=argv, default=default, prog="uld train", description=TrainConfig.__doc__)
-
-
 def _train(argv: list[str]) -> int:
+    from uld.train.config import parse_train_args
     from uld.train.run import train
 
     config = parse_train_args(argv)

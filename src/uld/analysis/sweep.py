@@ -147,7 +147,7 @@ def run_dir_name(env: str) -> str:
 
 def plan_runs(config: SweepConfig, train_args: list[str], sweep_dir: Path) -> list[Run]:
     """Every run of the sweep, its `uld train` options checked the way `uld train` parses them."""
-    from uld.cli import parse_train_args
+    from uld.train.config import parse_train_args
 
     clashes = [arg for arg in train_args if arg.split("=", 1)[0] in SWEEP_OPTIONS]
     if clashes:

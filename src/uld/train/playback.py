@@ -34,7 +34,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
 
     Raises UldError when the directory holds no run or no checkpoint.
     """
-    from uld.train.run import config_from_dict
+    from uld.train.config import config_from_dict
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
