@@ -46,7 +46,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
         raise UldError(f"{run_dir} has no complete checkpoint yet; train longer or resume the run first")
     state, step = loaded
     env = make_env(config.env, seed=config.seed + 100, evaluation=True)
-    agent, _ = build_agent(config.agent, env.spec, getattr(config, config.agent), device=device,
+    agent, _ = build_agent(config.agent, env.spec, config.agent_config, device=device,
                            precision="fp32", seed=config.seed, total_steps=config.steps)
     env.close()
     agent.load_state_dict(state["agent"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -19,7 +18,7 @@ from uld.errors import UldError
 from uld.train.allocator import keep_freed_memory
 from uld.train.logger import Logger
 from uld.train.checkpoint import Checkpointer
-from uld.train.config import TrainConfig, check_positive, config_differences, config_to_resume
+from uld.train.config import TrainConfig, check_positive, config_differences, config_to_dict, config_to_resume
 from uld.train.trainer import Trainer
 
 
@@ -60,7 +59,7 @@ def train(config: TrainConfig) -> Path:
     run_dir = Path(cfg.out)
     checkpointer = Checkpointer(run_dir / "checkpoints")
     loaded = checkpointer.load_latest()
-    resolved = dataclasses.asdict(cfg)
+    resolved = config_to_dict(cfg)
     if loaded is not None:
         stored = json.loads((run_dir / "config.json").read_text())
         differences = config_differences(stored, resolved)
@@ -81,7 +80,7 @@ def train(config: TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     seed_everything(cfg.seed)
-    agent_config = getattr(cfg, cfg.agent)
+    agent_config = cfg.agent_config
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
                                 seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
     start_step = loaded[1] if loaded is not None else 0
