@@ -59,7 +59,10 @@ class AgentSpec:
     config: type
     """The hyperparameter dataclass (frozen); its defaults are the published ones."""
     build: Callable[[EnvSpec, Any, BuildContext], tuple[Any, Any]]
-    """(env spec, config, context) -> (agent, replay buffer); the agent follows uld.train.trainer.Agent."""
+    """(env spec, config, context) -> (agent, replay buffer). The agent has act(obs, explore), update(buffer)
+    -> metrics, state_dict() and load_state_dict(); the buffer has add(obs, action, reward, next_obs,
+    terminated, truncated), can_sample, len(), state_dict() and load_state_dict(). States hold tensors,
+    numpy arrays, numbers, strings and containers only (checkpoints load without unpickling)."""
     small: Callable[[], Any] | None = None
     """The reduced-size config of `uld train --small` (default: the full one)."""
     protocol: Callable[[str], Protocol] | None = None

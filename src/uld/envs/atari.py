@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from uld.envs.base import EnvSpec
-from uld.envs.dmc import FrameHistory
+from uld.envs.base import EnvSpec, FrameHistory
 from uld.errors import UldError
 
 ACTION_REPEAT = 4

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from uld.envs.base import Env, EnvSpec
-from uld.envs.gym import RENDER_HELP, unit_to_bounds
+from uld.envs.base import RENDER_HELP, Env, EnvSpec, FrameHistory, unit_to_bounds
 from uld.errors import UldError
 
 if TYPE_CHECKING:
@@ -90,33 +89,6 @@ def _import_suite():
 def list_dmc_tasks() -> list[str]:
     """Every dm_control suite task as a ``domain-task`` name, in the suite's order."""
     return [f"{domain}-{task}" for domain, task in _import_suite().ALL_TASKS]
-
-
-class FrameHistory:
-    """The last ``length`` frames of an episode as one channel-first uint8 stack, oldest frame first.
-
-    A (C, H, W) frame pushed onto a history of length h gives an (h * C, H, W) observation. At reset
-    the first frame fills every position (spec: DMC visual and Atari, first frame repeated at
-    reset), which is also what uld.replay.frames.FrameStackBuffer rebuilds from stored frames.
-    """
-
-    def __init__(self, length: int, frame_shape: tuple[int, int, int]) -> None:
-        self._frames = np.zeros((length, *frame_shape), dtype=np.uint8)
-
-    def reset(self, frame: np.ndarray) -> np.ndarray:
-        """Start a new episode with ``frame``; return the stack of ``length`` copies of it."""
-        self._frames[:] = frame
-        return self._stack()
-
-    def push(self, frame: np.ndarray) -> np.ndarray:
-        """Drop the oldest frame, append ``frame``, return the new stack."""
-        self._frames[:-1] = self._frames[1:]
-        self._frames[-1] = frame
-        return self._stack()
-
-    def _stack(self) -> np.ndarray:
-        # A copy: the caller keeps the observation while the history moves on.
-        return self._frames.reshape(-1, *self._frames.shape[2:]).copy()
 
 
 def _flatten(observation: dict[str, Any]) -> np.ndarray:

@@ -12,41 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from uld.envs.base import Env, EnvSpec
+from uld.envs.base import RENDER_HELP, Env, EnvSpec, unit_to_bounds
 from uld.errors import UldError
 
 if TYPE_CHECKING:
     import gymnasium
 
-UNBOUNDED = 1e6
-"""Bounds at or beyond this magnitude mean "no bound" (dm_control's LQR declares ±1e10)."""
-
 DEFAULT_TIME_LIMIT = 1000
 """Episode cap for an env registered without one (spec: Gym protocol, time limit 1000)."""
-
-RENDER_HELP = (
-    "set MUJOCO_GL=egl (needs libEGL, e.g. apt install libegl1) or MUJOCO_GL=osmesa "
-    "(needs apt install libosmesa6) before starting Python"
-)
-"""What to do when MuJoCo cannot open an OpenGL context (headless machines)."""
-
-
-def unit_to_bounds(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Scale and offset of the affine map from [-1, 1] onto [low, high]: ``a * scale + offset``.
-
-    -1 maps to ``low``, 1 to ``high``, 0 to the midpoint. A dimension whose bound is infinite or at
-    least ``UNBOUNDED`` in magnitude passes through unchanged. Returns None when the whole map is the
-    identity, so callers can skip it.
-    """
-    low = np.asarray(low, dtype=np.float64)
-    high = np.asarray(high, dtype=np.float64)
-    unbounded = ~(np.isfinite(low) & np.isfinite(high)) | (np.abs(low) >= UNBOUNDED) | (np.abs(high) >= UNBOUNDED)
-    low, high = np.where(unbounded, -1.0, low), np.where(unbounded, 1.0, high)
-    scale, offset = (high - low) / 2.0, (high + low) / 2.0
-    if np.all(scale == 1.0) and np.all(offset == 0.0):
-        return None
-    return scale, offset
-
 
 def _check_supported(env_id: str, env: gymnasium.Env) -> None:
     """Refuse spaces this env type does not handle (one place, so a later issue can lift it)."""
