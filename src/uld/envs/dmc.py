@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from uld.envs.base import RENDER_HELP, Env, EnvSpec, FrameHistory, unit_to_bounds
+from uld.envs.protocol import Protocol
+from uld.envs.registry import Domain, Normalization, register_domain
 from uld.errors import UldError
 
 if TYPE_CHECKING:
@@ -236,3 +238,31 @@ def make_dmc_env(domain: str, task: str, seed: int, pixels: bool = False) -> Env
         pixel_env.close()
         raise
     return pixel_env
+
+
+def _maker(pixels: bool):
+    def make(env_id: str, seed: int, evaluation: bool) -> Env:  # noqa: ARG001 - one protocol for both envs
+        domain, _, task = env_id.partition("-")  # the domain ends at the first "-"
+        return make_dmc_env(domain, task, seed, pixels=pixels)
+
+    return make
+
+
+def dmc_normalized(score: float | np.ndarray) -> float | np.ndarray:
+    """A DMC return (0 to 1000 per episode) on the 0-1 scale."""
+    return np.asarray(score) / 1000.0
+
+
+def _normalization(ids: list[str]) -> Normalization:  # noqa: ARG001 - every task's returns lie in [0, 1000]
+    return Normalization("return / 1000", True, lambda env, returns: dmc_normalized(returns))
+
+
+register_domain(Domain(
+    prefix="dmc", make=_maker(pixels=False), protocol=Protocol(steps=500_000, eval_every=5_000, eval_episodes=10),
+    title="DMC", example="dmc:walker-walk", names=list_dmc_tasks, reference_prefix="Dmc-", normalization=_normalization,
+))
+register_domain(Domain(
+    prefix="dmc-pixels", make=_maker(pixels=True), protocol=Protocol(steps=500_000, eval_every=5_000, eval_episodes=10),
+    title="DMC visual", example="dmc-pixels:walker-walk", names=list_dmc_tasks, reference_prefix="Dmc-visual-",
+    normalization=_normalization,
+))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from uld.agents.registry import DEFAULT_AGENT, AgentSpec, agent_names, get_agent
+from uld.envs.python import EnvFactory, factory_name
 from uld.errors import UldError
 
 
@@ -19,8 +20,9 @@ class TrainConfig:
 
     agent: str = DEFAULT_AGENT
     """Which agent to train; its hyperparameters are the --<agent>.* options (uld train --agent NAME --help)."""
-    env: str = "gym:Pendulum-v1"
-    """Env name: gym:<Gymnasium id>, dmc:<domain>-<task>, dmc-pixels:<domain>-<task> or atari:<Game>."""
+    env: str | EnvFactory = "gym:Pendulum-v1"
+    """Env name: gym:<Gymnasium id>, dmc:<domain>-<task>, dmc-pixels:<domain>-<task>, atari:<Game>, or a user's
+    Gymnasium env as gym:<module>:<id>. From Python also an env factory, called as factory(seed=, evaluation=)."""
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
     steps: int | None = None
@@ -71,10 +73,15 @@ class TrainConfig:
             return fields["agent_config"]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    @property
+    def env_name(self) -> str:
+        """The env's uld name; an env factory's is python:<module>:<qualified name>."""
+        return self.env if isinstance(self.env, str) else factory_name(self.env)
+
     def resolved(self) -> TrainConfig:
         """This config with every default that depends on the env and the agent filled in."""
-        protocol = get_agent(self.agent).protocol_for(self.env)
-        env_dir = self.env.replace(":", "_").replace("/", "_")
+        protocol = get_agent(self.agent).protocol_for(self.env_name)
+        env_dir = self.env_name.replace(":", "_").replace("/", "_").replace("<", "").replace(">", "")
         out = self.out or str(Path("runs") / self.agent / env_dir / f"seed{self.seed}")
         return dataclasses.replace(
             self,
@@ -130,6 +137,7 @@ def config_to_dict(config: TrainConfig) -> dict:
     """The config.json form of a TrainConfig: its options, and the trained agent's hyperparameters as the
     section named by the agent (``"uld": {...}``)."""
     data = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "agent_config"}
+    data["env"] = config.env_name
     data[config.agent] = dataclasses.asdict(config.agent_config)
     return data
 
@@ -223,10 +231,15 @@ def _command_type(agent: AgentSpec) -> type:
 
     if agent.name in _FIELDS:
         raise UldError(f"an agent cannot be called {agent.name!r}: uld train has an option of that name")
+    from uld.envs.registry import domains
+
     names = tuple(agent_names())
     help_agent = f"Which agent to train: {', '.join(names)} (uld train --agent NAME --help lists its options)."
+    help_env = (f"Env name, <domain>:<id>, e.g. {', '.join(d.example for d in domains())}; a user's Gymnasium env "
+                "as gym:<module>:<id>, which imports the module that registers it.")
     return dataclasses.make_dataclass("TrainCommand", [
         ("agent", Annotated[Literal[names], tyro.conf.arg(help=help_agent)], field(default=agent.name)),
+        ("env", Annotated[str, tyro.conf.arg(help=help_env)], field(default=TrainConfig.env)),
         ("agent_config", tyro.conf.Suppress[Any], field(default=None)),
         (agent.name, Annotated[agent.config, tyro.conf.arg(help=f"{agent.title or agent.name} hyperparameters.")],
          field(default_factory=agent.config)),
