@@ -23,7 +23,6 @@ from uld.train.checkpoint import Checkpointer
 from uld.train.config import TrainConfig, config_from_dict, config_to_dict, parse_train_args
 from uld.train.logger import read_eval_csv
 
-
 # ---- a toy agent: a linear policy fitted to the better half of the replay's actions ------------------
 
 

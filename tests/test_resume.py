@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -17,8 +16,8 @@ import torch
 from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
-from uld.train.logger import read_eval_csv
 from uld.train.config import TrainConfig, config_differences, config_to_dict, config_to_resume
+from uld.train.logger import read_eval_csv
 from uld.train.run import train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,

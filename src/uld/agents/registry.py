@@ -96,11 +96,11 @@ class AgentSpec:
                   if (agent.discrete_actions or not spec.discrete) and (agent.pixels or not spec.pixels)]
         instead = f"use --agent {' or '.join(others)}" if others else "no registered agent can"
         if spec.discrete and not self.discrete_actions:
-            raise UldError(f"{self.title or self.name} needs continuous actions but {spec.name} has discrete ones; {instead}, "
-                           "or an env with a Box action space such as gym:HalfCheetah-v5.")
+            raise UldError(f"{self.title or self.name} needs continuous actions but {spec.name} has discrete ones; "
+                           f"{instead}, or an env with a Box action space such as gym:HalfCheetah-v5.")
         if spec.pixels and not self.pixels:
-            raise UldError(f"{self.title or self.name} needs vector observations but {spec.name} has pixel observations; "
-                           f"{instead}, or an env with vector observations such as gym:HalfCheetah-v5.")
+            raise UldError(f"{self.title or self.name} needs vector observations but {spec.name} has pixel "
+                           f"observations; {instead}, or an env with vector observations such as gym:HalfCheetah-v5.")
 
     def variant_args(self, variant: str) -> list[str]:
         """The `uld train` options that select a design-study variant (e.g. ["--uld.value-model", "linear"])."""

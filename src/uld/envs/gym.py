@@ -57,14 +57,16 @@ class GymEnv:
         self._env = env
         self._seed: int | None = seed
         self._rng = np.random.default_rng(seed)
-        discrete = isinstance(env.action_space, spaces.Discrete)
-        if discrete:
+        action_space = env.action_space  # Discrete or a flat Box (_check_supported)
+        discrete = isinstance(action_space, spaces.Discrete)
+        if isinstance(action_space, spaces.Discrete):
             self._action_map = None
-            self._action_start = int(env.action_space.start)  # uld's index 0 is the space's first action
-            action_dim = int(env.action_space.n)
+            self._action_start = int(action_space.start)  # uld's index 0 is the space's first action
+            action_dim = int(action_space.n)
         else:
-            self._action_map = unit_to_bounds(env.action_space.low, env.action_space.high)
-            action_dim = env.action_space.shape[0]
+            assert isinstance(action_space, spaces.Box)
+            self._action_map = unit_to_bounds(action_space.low, action_space.high)
+            action_dim = action_space.shape[0]
         self.spec = EnvSpec(
             name=name,
             obs_shape=tuple(env.observation_space.shape),
@@ -229,7 +231,8 @@ def _normalization(ids: list[str]) -> Normalization | None:
 
     if not all(_gym_task(env_id) in GYM_RANDOM_TD3 for env_id in ids):
         return None
-    return Normalization("TD3-normalized score", True, lambda env, returns: td3_normalized(env.partition(":")[2], returns))
+    return Normalization("TD3-normalized score", True,
+                         lambda env, returns: td3_normalized(env.partition(":")[2], returns))
 
 
 register_domain(Domain(

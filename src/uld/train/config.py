@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,13 +46,15 @@ class TrainConfig:
     log_every: int = 1000
     """Agent steps between training-metric records in TensorBoard."""
     small: bool = False
-    """Start from the agent's reduced-size config (e.g. ULD: 128-wide networks, batch 64, 1k random steps): same algorithm, quick on a CPU."""
+    """Start from the agent's reduced-size config (e.g. ULD: 128-wide networks, batch 64, 1k random steps): same
+    algorithm, quick on a CPU."""
     checkpoint_minutes: float = 10.0
     """Wall-clock minutes between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."""
     checkpoint_every: int | None = None
     """Also checkpoint every this many agent steps (default: by time only)."""
     resume: str | None = None
-    """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress may change)."""
+    """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress
+    may change)."""
     agent_config: Any = None
     """The trained agent's hyperparameters, an instance of its registered config dataclass (default: its
     defaults, or its reduced-size config with small). Also readable as the attribute named by the agent

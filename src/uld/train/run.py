@@ -16,9 +16,9 @@ import torch
 from uld.agents import build_agent
 from uld.envs import make_env
 from uld.errors import UldError
-from uld.train.logger import Logger
 from uld.train.checkpoint import Checkpointer
 from uld.train.config import TrainConfig, check_positive, config_differences, config_to_dict, config_to_resume
+from uld.train.logger import Logger
 from uld.train.trainer import Trainer
 
 

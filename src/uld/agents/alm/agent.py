@@ -27,8 +27,8 @@ from uld.agents.common import (
     target_copy,
 )
 from uld.agents.compile import compile_networks
-from uld.envs.base import EnvSpec
 from uld.agents.registry import get_agent
+from uld.envs.base import EnvSpec
 from uld.replay.buffer import ReplayBuffer
 
 __all__ = ["ALMAgent", "make_buffer", "polyak_update"]

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from uld.agents.common import frozen
+from torch import Tensor
 
 from uld.agents.alm.networks import (
     Actor,
@@ -24,6 +22,7 @@ from uld.agents.alm.networks import (
     Reward,
     truncated_normal_sample,
 )
+from uld.agents.common import frozen
 
 Metrics = dict[str, Tensor]
 
