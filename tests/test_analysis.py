@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uld.analysis.metrics import (aggregate_metrics, curve_with_ci, dmc_normalized, human_normalized,
-                                  normalization_for, performance_profile, td3_normalized)
+from uld.analysis.metrics import (
+    aggregate_metrics,
+    curve_with_ci,
+    dmc_normalized,
+    human_normalized,
+    normalization_for,
+    performance_profile,
+    td3_normalized,
+)
 from uld.analysis.reference_scores import ATARI_RANDOM_HUMAN, GYM_RANDOM_TD3
 from uld.analysis.report import ReportConfig, write_report
 from uld.analysis.suites import SUITES, env_from_reference_name, reference_name

@@ -16,8 +16,8 @@ from dm_control import suite
 from dm_env import specs
 
 from uld.envs import DMC_SUITE_28, list_dmc_tasks, make_env
+from uld.envs.base import unit_to_bounds
 from uld.envs.dmc import DmcEnv
-from uld.envs.gym import unit_to_bounds
 from uld.errors import UldError
 
 SRC = Path(__file__).resolve().parents[1] / "src"

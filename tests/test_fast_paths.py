@@ -19,8 +19,8 @@ from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from uld.agents import build_agent
-from uld.agents.alm.config import reduced_config as alm_reduced
 from uld.agents import linear as linear_module
+from uld.agents.alm.config import reduced_config as alm_reduced
 from uld.agents.linear import Linear, linear, set_onednn
 from uld.agents.uld.config import reduced_config as uld_reduced
 from uld.envs import make_env

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from uld.agents.uld.agent import make_buffer
 from uld.agents.uld.config import reduced_config
 from uld.envs import dmc, make_env
-from uld.envs.base import EnvSpec
-from uld.envs.dmc import FrameHistory
+from uld.envs.base import EnvSpec, FrameHistory
 from uld.errors import UldError
 from uld.replay.buffer import ReplayBuffer
 from uld.replay.frames import FrameStackBuffer, buffer_bytes, bytes_per_slot

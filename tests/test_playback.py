@@ -12,8 +12,8 @@ import uld
 from uld.agents.uld.config import reduced_config
 from uld.envs import make_env
 from uld.errors import UldError
-from uld.train.run import TrainConfig, train
 from uld.train.playback import evaluate_run
+from uld.train.run import TrainConfig, train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
                       target_update_period=20, buffer_capacity=5000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -17,8 +16,8 @@ import torch
 from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
+from uld.train.config import TrainConfig, config_differences, config_to_dict, config_to_resume
 from uld.train.logger import read_eval_csv
-from uld.train.config import TrainConfig, config_differences, config_to_resume
 from uld.train.run import train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
@@ -86,22 +85,22 @@ def test_alm_half_then_resume_equals_straight(tmp_path):
 
 
 def test_options_added_after_a_run_started_agree_at_their_default():
-    current = dataclasses.asdict(TrainConfig(agent="uld"))
-    stored = dataclasses.asdict(TrainConfig(agent="uld"))
+    current = config_to_dict(TrainConfig(agent="uld"))
+    stored = config_to_dict(TrainConfig(agent="uld"))
     del stored["uld"]["critic_loss"]  # a run written before the option existed
     assert config_differences(stored, current) == []
     current["uld"]["critic_loss"] = "mse"
     assert config_differences(stored, current) == ["uld.critic_loss (run: None, this command: 'mse')"]
     # An ALM run is not concerned by ULD's options, and the other way round.
-    alm_stored, alm_current = dataclasses.asdict(TrainConfig(agent="alm")), dataclasses.asdict(TrainConfig(agent="alm"))
-    alm_current["uld"]["batch_size"] = 7
+    alm_stored, alm_current = config_to_dict(TrainConfig(agent="alm")), config_to_dict(TrainConfig(agent="alm"))
+    alm_stored["uld"] = {"batch_size": 7}  # today's runs store every agent's section
     assert config_differences(alm_stored, alm_current) == []
     alm_current["alm"]["batch_size"] = 7
     assert config_differences(alm_stored, alm_current) == ["alm.batch_size (run: 512, this command: 7)"]
 
 
 def test_an_agent_switch_is_a_difference():
-    stored, current = dataclasses.asdict(TrainConfig(agent="uld")), dataclasses.asdict(TrainConfig(agent="alm"))
+    stored, current = config_to_dict(TrainConfig(agent="uld")), config_to_dict(TrainConfig(agent="alm"))
     assert "agent (run: 'uld', this command: 'alm')" in config_differences(stored, current)
 
 
@@ -109,7 +108,7 @@ def test_resume_takes_the_resumable_options_from_the_command(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     stored = TrainConfig(env="dmc:cartpole-balance", seed=4, steps=100, threads=2, checkpoint_minutes=10.0)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(stored)))
+    (run / "config.json").write_text(json.dumps(config_to_dict(stored)))
     config = config_to_resume(TrainConfig(resume=str(run), steps=300, compile=True, threads=1, checkpoint_every=50))
     assert (config.env, config.seed, config.out) == ("dmc:cartpole-balance", 4, str(run))  # the run's own
     assert (config.steps, config.compile, config.threads, config.checkpoint_every) == (300, True, 1, 50)

@@ -22,11 +22,19 @@ commands:
 
 
 def _train(argv: list[str]) -> int:
+    import torch
+
+    from uld.train.allocator import keep_freed_memory
     from uld.train.config import parse_train_args
     from uld.train.run import train
 
     config = parse_train_args(argv)
-    run_dir = train(config)
+    # Process-wide settings belong to the command, not to train(), which a user may call from Python.
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    # Once the buffer and the loaded arrays have their own mappings: from then on, freed blocks stay
+    # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
+    run_dir = train(config, on_allocated=keep_freed_memory)
     print(f"run finished: {run_dir}/eval.csv")
     return 0
 

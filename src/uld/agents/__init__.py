@@ -1,26 +1,19 @@
-"""Agents by name. Each agent package provides its config dataclass, the agent, and its replay."""
+"""Agents by name (uld/agents/registry.py): each agent package registers its config, builder and protocol."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from uld.agents.registry import AgentSpec, BuildContext, agent_names, get_agent, register_agent
 from uld.envs.base import EnvSpec
 
-AGENT_NAMES = ("uld", "alm")
+__all__ = ["AgentSpec", "BuildContext", "agent_names", "build_agent", "get_agent", "register_agent"]
 
 
 def build_agent(name: str, spec: EnvSpec, config: Any, *, device, precision: str, seed: int,
                 total_steps: int, compiled: bool = False) -> tuple[Any, Any]:
-    """Make the named agent and the replay buffer it learns from."""
-    if name == "uld":
-        from uld.agents.uld.agent import ULDAgent, make_buffer
-
-        agent = ULDAgent(spec, config, device=device, precision=precision, compiled=compiled)
-        return agent, make_buffer(spec, config, seed)
-    if name == "alm":
-        from uld.agents.alm.agent import ALMAgent, make_buffer
-
-        # The agent refuses discrete actions and pixels before the buffer allocates anything.
-        agent = ALMAgent(spec, config, device=device, precision=precision, compiled=compiled)
-        return agent, make_buffer(spec, config, seed, total_steps)
-    raise ValueError(f"unknown agent {name!r}; the agents are {', '.join(AGENT_NAMES)}")
+    """Make the named agent and the replay buffer it learns from; UldError when it cannot act in ``spec``."""
+    agent = get_agent(name)
+    agent.check_supports(spec)
+    context = BuildContext(device=device, precision=precision, seed=seed, total_steps=total_steps, compiled=compiled)
+    return agent.build(spec, config, context)

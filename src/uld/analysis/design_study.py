@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from uld.analysis.metrics import normalization_for
-from uld.analysis.suites import env_from_reference_name
 from uld.analysis.report import Curves, load_sweep
+from uld.analysis.suites import env_from_reference_name
 from uld.errors import UldError
 
 CONFIDENCE = 0.95
@@ -46,7 +46,8 @@ def relative_score(variant: dict[str, np.ndarray], default: dict[str, np.ndarray
     samples = np.zeros(reps)
     for env in envs:
         a, b = variant[env], default[env]
-        samples += (a[rng.integers(0, len(a), (reps, len(a)))].mean(1) - b[rng.integers(0, len(b), (reps, len(b)))].mean(1))
+        samples += (a[rng.integers(0, len(a), (reps, len(a)))].mean(1)
+                    - b[rng.integers(0, len(b), (reps, len(b)))].mean(1))
     samples /= len(envs)
     low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return point, float(low), float(high), len(envs)

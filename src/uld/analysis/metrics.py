@@ -18,74 +18,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uld.analysis.reference_scores import ATARI_RANDOM_HUMAN, GYM_RANDOM_TD3
+from uld.envs.atari import human_normalized
+from uld.envs.dmc import dmc_normalized
+from uld.envs.gym import td3_normalized
 from uld.envs.protocol import domain_of
+from uld.envs.registry import Normalization, find_domain
+
+__all__ = ["RAW", "Interval", "Normalization", "aggregate_metrics", "aggregate_names", "curve_with_ci",
+           "dmc_normalized", "human_normalized", "normalization_for", "performance_profile", "td3_normalized"]
 
 CONFIDENCE = 0.95
 """Coverage of every confidence interval in a report."""
 
 
-# ---- normalizations ------------------------------------------------------------------------------
-
-def dmc_normalized(score: float | np.ndarray) -> float | np.ndarray:
-    """A DMC return (0 to 1000 per episode) on the 0-1 scale."""
-    return np.asarray(score) / 1000.0
-
-
-def human_normalized(game: str, score: float | np.ndarray) -> float | np.ndarray:
-    """An Atari score with the game's random agent at 0 and the human tester at 1."""
-    random, human = ATARI_RANDOM_HUMAN[game]
-    return (np.asarray(score) - random) / (human - random)
-
-
-def td3_normalized(env_id: str, score: float | np.ndarray) -> float | np.ndarray:
-    """A Gym MuJoCo return with the random policy at 0 and TD3 after 1M steps at 1 (as MR.Q reports Gym)."""
-    random, td3 = GYM_RANDOM_TD3[_gym_task(env_id)]
-    return (np.asarray(score) - random) / (td3 - random)
-
-
-def _gym_task(env_id: str) -> str:
-    """"HalfCheetah-v4" -> "HalfCheetah"."""
-    return env_id.rsplit("-v", 1)[0]
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How the raw returns of a group of envs become comparable scores."""
-
-    name: str
-    """What the scores are, for axis labels and tables."""
-    bounded: bool
-    """Whether 1 means "solved" or "as good as the reference", which the optimality gap needs."""
-    score: Callable[[str, np.ndarray], np.ndarray]
-    """(uld env name, raw returns) -> normalized scores."""
-
+# ---- normalizations: each domain declares its own (uld/envs/registry.py) -------------------------
 
 RAW = Normalization("raw return", False, lambda env, returns: np.asarray(returns, dtype=float))
 
 
 def normalization_for(envs: Iterable[str]) -> Normalization:
-    """The normalization of a group of envs of one domain.
+    """The normalization of a group of envs of one domain: the domain's, or raw returns.
 
     DMC (state or pixels): return / 1000. Atari: human-normalized when every game has reference scores.
-    Gym: TD3-normalized when every task has a TD3 score (the five locomotion tasks); raw return
+    Gym: TD3-normalized when every task has a TD3 score (the five locomotion tasks). Raw return
     otherwise, since scores on different scales cannot be aggregated meaningfully with any other choice.
     """
     envs = list(envs)
     domains = {domain_of(env) for env in envs}
     if len(domains) != 1:
         raise ValueError(f"one normalization needs one domain, got {sorted(domains)}")
-    domain = domains.pop()
-    ids = [env.partition(":")[2] for env in envs]
-    if domain in ("dmc", "dmc-pixels"):
-        return Normalization("return / 1000", True, lambda env, returns: dmc_normalized(returns))
-    if domain == "atari" and all(game in ATARI_RANDOM_HUMAN for game in ids):
-        return Normalization("human-normalized score", True,
-                             lambda env, returns: human_normalized(env.partition(":")[2], returns))
-    if domain == "gym" and all(_gym_task(env_id) in GYM_RANDOM_TD3 for env_id in ids):
-        return Normalization("TD3-normalized score", True,
-                             lambda env, returns: td3_normalized(env.partition(":")[2], returns))
-    return RAW
+    domain = find_domain(envs[0])
+    if domain is None or domain.normalization is None:
+        return RAW
+    normalization = domain.normalization([env.partition(":")[2] for env in envs])
+    return normalization if normalization is not None else RAW
 
 
 # ---- bootstrap -----------------------------------------------------------------------------------

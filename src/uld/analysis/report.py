@@ -21,13 +21,18 @@ from uld.analysis.metrics import (CONFIDENCE, Interval, Normalization, aggregate
                                   curve_with_ci, normalization_for, performance_profile)
 from uld.analysis.suites import env_from_reference_name, reference_name
 from uld.envs.protocol import domain_of
+from uld.envs.registry import find_domain
 from uld.errors import UldError
 from uld.train.logger import read_eval_csv
 
 TIDY_COLUMNS = ("env", "step", "seed", "return")
 """Header of results.csv and of the published reference files."""
 
-DOMAIN_TITLES = {"gym": "Gym", "dmc": "DMC", "dmc-pixels": "DMC visual", "atari": "Atari"}
+
+def domain_title(env: str) -> str:
+    """The report heading of a uld env's domain (its registered title; the prefix for an unknown one)."""
+    domain = find_domain(env)
+    return domain.title if domain is not None else domain_of(env)
 
 
 @dataclass(frozen=True)
@@ -228,8 +233,8 @@ def write_report(config: ReportConfig) -> Path:
              "[results.csv](results.csv). Aggregates are over the final evaluation of each run, with "
              f"{CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({config.reps} resamples, rliable); "
              "learning curves show the mean over seeds with a pointwise bootstrap interval.", ""]
-    for domain, envs in _groups(list(results.returns)).items():
-        title = DOMAIN_TITLES.get(domain, domain)
+    for envs in _groups(list(results.returns)).values():
+        title = domain_title(env_from_reference_name(envs[0]))
         normalization = normalization_for(env_from_reference_name(env) for env in envs)
         lines += [f"## {title} ({normalization.name})", ""]
         lines += _aggregate_section(title, envs, normalization, results, reference, reference_label, out, config)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from uld.analysis.reference_scores import ATARI_RANDOM_HUMAN
 from uld.envs.dmc import DMC_SUITE_28
-from uld.envs.protocol import PROTOCOLS, Protocol
+from uld.envs.protocol import Protocol
+from uld.envs.registry import domain_from_reference_name, find_domain, get_domain, split_env_name
 from uld.errors import UldError
 
 GYM_TASKS = ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
@@ -31,15 +32,15 @@ class Suite:
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
-        Suite("gym", tuple(f"gym:{task}-v4" for task in GYM_TASKS), PROTOCOLS["gym"],
+        Suite("gym", tuple(f"gym:{task}-v4" for task in GYM_TASKS), get_domain("gym").protocol,
               "Gymnasium MuJoCo locomotion, -v4 like the published curves"),
-        Suite("gym-v5", tuple(f"gym:{task}-v5" for task in GYM_TASKS), PROTOCOLS["gym"],
+        Suite("gym-v5", tuple(f"gym:{task}-v5" for task in GYM_TASKS), get_domain("gym").protocol,
               "the same tasks in their current -v5 versions"),
-        Suite("dmc", tuple(f"dmc:{task}" for task in DMC_SUITE_28), PROTOCOLS["dmc"],
+        Suite("dmc", tuple(f"dmc:{task}" for task in DMC_SUITE_28), get_domain("dmc").protocol,
               "DeepMind Control, proprioceptive observations"),
-        Suite("dmc-pixels", tuple(f"dmc-pixels:{task}" for task in DMC_SUITE_28), PROTOCOLS["dmc-pixels"],
+        Suite("dmc-pixels", tuple(f"dmc-pixels:{task}" for task in DMC_SUITE_28), get_domain("dmc-pixels").protocol,
               "DeepMind Control from 84x84 pixels"),
-        Suite("atari", tuple(f"atari:{game}" for game in ATARI_RANDOM_HUMAN), PROTOCOLS["atari"],
+        Suite("atari", tuple(f"atari:{game}" for game in ATARI_RANDOM_HUMAN), get_domain("atari").protocol,
               "Atari 2600 through ALE v5, sticky actions"),
     )
 }
@@ -56,30 +57,17 @@ def get_suite(name: str) -> Suite:
 
 
 def reference_name(env: str) -> str:
-    """The name of a uld env in the published result files: Gym-<id>, Dmc-<task>, Dmc-visual-<task>, Atari-<Game>-v5."""
-    domain, _, rest = env.partition(":")
-    if domain == "gym":
-        return f"Gym-{rest}"
-    if domain == "dmc":
-        return f"Dmc-{rest}"
-    if domain == "dmc-pixels":
-        return f"Dmc-visual-{rest}"
-    if domain == "atari":
-        return f"Atari-{rest}-v5"
-    return env.replace(":", "-")
+    """The name of a uld env in the published result files: its domain's reference prefix and suffix
+    around the id (Gym-<id>, Dmc-<task>, Dmc-visual-<task>, Atari-<Game>-v5)."""
+    domain = find_domain(env)
+    name = domain.reference_name(split_env_name(env)[1]) if domain is not None else None
+    return name if name is not None else env.replace(":", "-")
 
 
 def env_from_reference_name(name: str) -> str:
     """The uld env name of a result-file name (the inverse of reference_name)."""
-    if name.startswith("Gym-"):
-        return "gym:" + name[len("Gym-"):]
-    if name.startswith("Dmc-visual-"):
-        return "dmc-pixels:" + name[len("Dmc-visual-"):]
-    if name.startswith("Dmc-"):
-        return "dmc:" + name[len("Dmc-"):]
-    if name.startswith("Atari-") and name.endswith("-v5"):
-        return "atari:" + name[len("Atari-"):-len("-v5")]
-    return name
+    found = domain_from_reference_name(name)
+    return f"{found[0].prefix}:{found[1]}" if found is not None else name
 
 
 def suites_table() -> str:

@@ -24,8 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
+from uld.agents.registry import DEFAULT_AGENT
 from uld.errors import UldError
 
 USER_ERROR_EXIT = 2
@@ -53,8 +52,8 @@ class SweepConfig:
     """Envs to train (uld names): all of the suite's when empty; with a suite, a subset of it."""
     seeds: str = "0-9"
     """Seeds: a range and/or a list, e.g. 0-9, 0,3,7 or 0-4,9."""
-    agent: Literal["uld", "alm"] = "uld"
-    """Agent to train."""
+    agent: str = DEFAULT_AGENT
+    """Agent to train (uld train --help lists the agents)."""
     steps: int | None = None
     """Agent steps per run (default: the protocol's budget)."""
     eval_every: int | None = None
@@ -79,7 +78,7 @@ class SweepConfig:
     """Run MR.Q's design study: every variant of --variants (default: all) as a sweep of its own under
     <sweep>/<variant>; uld report on the sweep directory then compares each variant with the default."""
     variants: tuple[str, ...] = ()
-    """With --design-study, the variants to run (uld.agents.uld.design_study.VARIANTS; default: all)."""
+    """With --design-study, the variants to run (the agent's design_study in its registration; default: all)."""
 
 
 @dataclass(frozen=True)
@@ -290,20 +289,23 @@ def _raise_on_sigterm(signum, frame):  # noqa: ARG001
 
 def run_design_study(config: SweepConfig, train_args: list[str]) -> int:
     """One sweep per design-study variant under <sweep>/<variant>, the default among them."""
-    from uld.agents.uld.design_study import VARIANTS, variant_args
+    from uld.agents.registry import agent_names, get_agent
 
-    if config.agent != "uld":
-        raise UldError("the design study varies the ULD agent; drop --agent or use --agent uld")
-    unknown = [name for name in config.variants if name not in VARIANTS]
+    agent = get_agent(config.agent)
+    variants = agent.design_study
+    if not variants:
+        studied = [name for name in agent_names() if get_agent(name).design_study]
+        raise UldError(f"the {agent.name} agent has no design study; use --agent {' or '.join(studied)}")
+    unknown = [name for name in config.variants if name not in variants]
     if unknown:
-        raise UldError(f"unknown design-study variant {unknown[0]!r}; the variants are {', '.join(VARIANTS)}")
-    names = ["default", *(name for name in (config.variants or VARIANTS) if name != "default")]
+        raise UldError(f"unknown design-study variant {unknown[0]!r}; the variants are {', '.join(variants)}")
+    names = ["default", *(name for name in (config.variants or variants) if name != "default")]
     sweep_dir = Path(config.out or Path("runs") / "sweeps" / f"design-study-{config.suite or 'custom'}").absolute()
     status = 0
     for name in names:
         print(f"design study: variant {name}", flush=True)
         variant_config = dataclasses.replace(config, design_study=False, variants=(), out=str(sweep_dir / name))
-        status = max(status, run_sweep(variant_config, [*train_args, *variant_args(name)]))
+        status = max(status, run_sweep(variant_config, [*train_args, *agent.variant_args(name)]))
     print(f"design study finished: uld report {sweep_dir}", flush=True)
     return status
 

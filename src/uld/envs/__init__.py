@@ -1,7 +1,8 @@
 """Environments by name: ``make_env("gym:HalfCheetah-v5", seed)``, ``make_env("atari:Pong", seed)``.
 
-A name is ``<domain>:<id>``; each domain module applies its protocol (spec/ULD.md, "Domains").
-The libraries behind the domains are imported only when an env is made.
+A name is ``<domain>:<id>``; each domain module registers its prefix (uld/envs/registry.py) and applies
+its protocol (spec/ULD.md, "Domains"). The libraries behind the domains are imported only when an env
+is made.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 from uld.envs.base import Env, EnvSpec
 from uld.envs.dmc import DMC_SUITE_28, list_dmc_tasks, make_dmc_env
 from uld.envs.gym import make_gym_env
+from uld.envs.python import EnvFactory, env_from_factory
+from uld.envs.registry import domains, find_domain, split_env_name
 from uld.errors import UldError
 
 __all__ = [
@@ -58,42 +61,35 @@ def _loads(library: str) -> bool:
 choose_headless_gl()
 
 
-def make_env(name: str, seed: int, evaluation: bool = False) -> Env:
-    """Make the env called ``name``, seeded with ``seed``.
+def make_env(name: str | EnvFactory, seed: int, evaluation: bool = False) -> Env:
+    """Make the env called ``name``, seeded with ``seed``; ``name`` may also be an env factory, called as
+    ``name(seed=seed, evaluation=evaluation)`` (see uld.envs.python).
 
-    Names: ``gym:<Gymnasium id>`` (e.g. ``gym:Hopper-v4``, ``gym:CartPole-v1``), ``dmc:<domain>-<task>``
-    (e.g. ``dmc:ball_in_cup-catch``; the domain ends at the first "-"), ``dmc-pixels:<domain>-<task>``
-    (the same tasks seen through the camera) or ``atari:<Game>`` (ALE v5 names, e.g. ``atari:Pong``).
+    Names: ``gym:<Gymnasium id>`` (e.g. ``gym:Hopper-v4``, ``gym:CartPole-v1``; a user's own env as
+    ``gym:<module>:<id>``, which imports the module that registers it), ``dmc:<domain>-<task>`` (e.g.
+    ``dmc:ball_in_cup-catch``; the domain ends at the first "-"), ``dmc-pixels:<domain>-<task>`` (the
+    same tasks seen through the camera), ``atari:<Game>`` (ALE v5 names, e.g. ``atari:Pong``), or
+    ``python:<module>:<function>`` (an env factory); more with ``uld.envs.registry.register_domain``.
     ``evaluation`` marks the evaluation env, whose protocol may differ: Atari's takes random actions
     with probability 0.001. Raises UldError, naming the closest valid names, for an unknown name.
     """
-    prefix, colon, rest = name.partition(":")
-    if colon and prefix == "gym":
-        return make_gym_env(rest, seed)
-    if colon and prefix in ("dmc", "dmc-pixels"):
-        domain, _, task = rest.partition("-")
-        return make_dmc_env(domain, task, seed, pixels=prefix == "dmc-pixels")
-    if colon and prefix == "atari":
-        from uld.envs.atari import make_atari_env
-
-        return make_atari_env(rest, seed, evaluation=evaluation)
+    if not isinstance(name, str):
+        return env_from_factory(name, seed, evaluation)
+    domain = find_domain(name)
+    if domain is not None:
+        return domain.make(split_env_name(name)[1], seed, evaluation)
     close = difflib.get_close_matches(name, _all_names(), n=3)
-    examples = "gym:HalfCheetah-v5, dmc:walker-walk, dmc-pixels:walker-walk or atari:Pong"
+    examples = ", ".join(d.example for d in domains())
     hint = f"did you mean {', '.join(close)}?" if close else f"names look like {examples}."
     raise UldError(f"Unknown env name '{name}'; {hint}")
 
 
 def _all_names() -> list[str]:
     """Every name make_env accepts for a registered env, for suggestions (imports the libraries)."""
-    import gymnasium
-
-    from uld.envs.atari import atari_games
-
-    tasks = list_dmc_tasks()
-    names = [f"gym:{env_id}" for env_id in gymnasium.registry] + [f"dmc:{task}" for task in tasks]
-    names += [f"dmc-pixels:{task}" for task in tasks]
-    try:
-        names += [f"atari:{game}" for game in atari_games()]
-    except UldError:  # ale-py is an optional dependency
-        pass
+    names = []
+    for domain in domains():
+        try:
+            names += [f"{domain.prefix}:{env_id}" for env_id in (domain.names() if domain.names else ())]
+        except (UldError, ImportError):  # an optional dependency (ale-py) is missing
+            pass
     return names

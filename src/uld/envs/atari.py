@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from uld.envs.base import EnvSpec
-from uld.envs.dmc import FrameHistory
+from uld.envs.base import Env, EnvSpec, FrameHistory
+from uld.envs.protocol import Protocol
+from uld.envs.registry import Domain, Normalization, register_domain
 from uld.errors import UldError
 
 ACTION_REPEAT = 4
@@ -188,3 +189,32 @@ def make_atari_env(game: str, seed: int, *, evaluation: bool = False) -> AtariEn
                 else "see uld.envs.atari.atari_games().")
         raise UldError(f"Unknown Atari game '{game}'; {hint}")
     return AtariEnv(game, games[game], seed, evaluation=evaluation)
+
+
+def _make(env_id: str, seed: int, evaluation: bool) -> Env:
+    return make_atari_env(env_id, seed, evaluation=evaluation)
+
+
+def human_normalized(game: str, score: float | np.ndarray) -> float | np.ndarray:
+    """An Atari score with the game's random agent at 0 and the human tester at 1."""
+    from uld.analysis.reference_scores import ATARI_RANDOM_HUMAN
+
+    random, human = ATARI_RANDOM_HUMAN[game]
+    return (np.asarray(score) - random) / (human - random)
+
+
+def _normalization(ids: list[str]) -> Normalization | None:
+    """Human-normalized when every game has reference scores."""
+    from uld.analysis.reference_scores import ATARI_RANDOM_HUMAN
+
+    if not all(game in ATARI_RANDOM_HUMAN for game in ids):
+        return None
+    return Normalization("human-normalized score", True,
+                         lambda env, returns: human_normalized(env.partition(":")[2], returns))
+
+
+register_domain(Domain(
+    prefix="atari", make=_make, protocol=Protocol(steps=2_500_000, eval_every=100_000, eval_episodes=10),
+    title="Atari", example="atari:Pong", names=lambda: list(atari_games()), reference_prefix="Atari-",
+    reference_suffix="-v5", normalization=_normalization,
+))

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from uld.envs.base import Env, EnvSpec
-from uld.envs.gym import RENDER_HELP, unit_to_bounds
+from uld.envs.base import RENDER_HELP, Env, EnvSpec, FrameHistory, unit_to_bounds
+from uld.envs.protocol import Protocol
+from uld.envs.registry import Domain, Normalization, register_domain
 from uld.errors import UldError
 
 if TYPE_CHECKING:
@@ -90,33 +91,6 @@ def _import_suite():
 def list_dmc_tasks() -> list[str]:
     """Every dm_control suite task as a ``domain-task`` name, in the suite's order."""
     return [f"{domain}-{task}" for domain, task in _import_suite().ALL_TASKS]
-
-
-class FrameHistory:
-    """The last ``length`` frames of an episode as one channel-first uint8 stack, oldest frame first.
-
-    A (C, H, W) frame pushed onto a history of length h gives an (h * C, H, W) observation. At reset
-    the first frame fills every position (spec: DMC visual and Atari, first frame repeated at
-    reset), which is also what uld.replay.frames.FrameStackBuffer rebuilds from stored frames.
-    """
-
-    def __init__(self, length: int, frame_shape: tuple[int, int, int]) -> None:
-        self._frames = np.zeros((length, *frame_shape), dtype=np.uint8)
-
-    def reset(self, frame: np.ndarray) -> np.ndarray:
-        """Start a new episode with ``frame``; return the stack of ``length`` copies of it."""
-        self._frames[:] = frame
-        return self._stack()
-
-    def push(self, frame: np.ndarray) -> np.ndarray:
-        """Drop the oldest frame, append ``frame``, return the new stack."""
-        self._frames[:-1] = self._frames[1:]
-        self._frames[-1] = frame
-        return self._stack()
-
-    def _stack(self) -> np.ndarray:
-        # A copy: the caller keeps the observation while the history moves on.
-        return self._frames.reshape(-1, *self._frames.shape[2:]).copy()
 
 
 def _flatten(observation: dict[str, Any]) -> np.ndarray:
@@ -264,3 +238,31 @@ def make_dmc_env(domain: str, task: str, seed: int, pixels: bool = False) -> Env
         pixel_env.close()
         raise
     return pixel_env
+
+
+def _maker(pixels: bool):
+    def make(env_id: str, seed: int, evaluation: bool) -> Env:  # noqa: ARG001 - one protocol for both envs
+        domain, _, task = env_id.partition("-")  # the domain ends at the first "-"
+        return make_dmc_env(domain, task, seed, pixels=pixels)
+
+    return make
+
+
+def dmc_normalized(score: float | np.ndarray) -> float | np.ndarray:
+    """A DMC return (0 to 1000 per episode) on the 0-1 scale."""
+    return np.asarray(score) / 1000.0
+
+
+def _normalization(ids: list[str]) -> Normalization:  # noqa: ARG001 - every task's returns lie in [0, 1000]
+    return Normalization("return / 1000", True, lambda env, returns: dmc_normalized(returns))
+
+
+register_domain(Domain(
+    prefix="dmc", make=_maker(pixels=False), protocol=Protocol(steps=500_000, eval_every=5_000, eval_episodes=10),
+    title="DMC", example="dmc:walker-walk", names=list_dmc_tasks, reference_prefix="Dmc-", normalization=_normalization,
+))
+register_domain(Domain(
+    prefix="dmc-pixels", make=_maker(pixels=True), protocol=Protocol(steps=500_000, eval_every=5_000, eval_episodes=10),
+    title="DMC visual", example="dmc-pixels:walker-walk", names=list_dmc_tasks, reference_prefix="Dmc-visual-",
+    normalization=_normalization,
+))

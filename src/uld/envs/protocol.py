@@ -1,4 +1,8 @@
-"""Each domain's reference protocol: training budget and evaluation cadence (spec/ULD.md, Domains)."""
+"""The reference protocol of a run: training budget and evaluation cadence (spec/ULD.md, Domains).
+
+Each domain declares its own in its registration (uld/envs/registry.py); an agent may override it
+with its paper's (uld/agents/registry.py).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,8 @@ class Protocol:
     eval_episodes: int
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "gym": Protocol(steps=1_000_000, eval_every=5_000, eval_episodes=10),
-    "dmc": Protocol(steps=500_000, eval_every=5_000, eval_episodes=10),
-    "dmc-pixels": Protocol(steps=500_000, eval_every=5_000, eval_episodes=10),
-    "atari": Protocol(steps=2_500_000, eval_every=100_000, eval_episodes=10),
-}
+DEFAULT_PROTOCOL = Protocol(steps=1_000_000, eval_every=5_000, eval_episodes=10)
+"""For envs of no registered domain (unknown prefixes, which make_env rejects)."""
 
 
 def domain_of(env_name: str) -> str:
@@ -28,5 +28,8 @@ def domain_of(env_name: str) -> str:
 
 
 def protocol_for(env_name: str) -> Protocol:
-    """The reference protocol of the env's domain (Gym's for unknown prefixes, which make_env rejects)."""
-    return PROTOCOLS.get(domain_of(env_name), PROTOCOLS["gym"])
+    """The reference protocol of the env's domain."""
+    from uld.envs.registry import find_domain
+
+    domain = find_domain(env_name)
+    return domain.protocol if domain is not None else DEFAULT_PROTOCOL

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from uld.agents.alm.config import ALMConfig, alm_protocol
-from uld.agents.uld.config import ULDConfig
-from uld.envs.protocol import protocol_for
+from uld.agents.registry import DEFAULT_AGENT, AgentSpec, agent_names, get_agent
+from uld.envs.python import EnvFactory, factory_name
 from uld.errors import UldError
 
 
@@ -18,18 +18,19 @@ from uld.errors import UldError
 class TrainConfig:
     """Train an agent on one env with one seed; budget and evaluation default to the env's protocol."""
 
-    agent: Literal["uld", "alm"] = "uld"
-    """Which agent to train; its hyperparameters are the --<agent>.* options."""
-    env: str = "gym:Pendulum-v1"
-    """Env name: gym:<Gymnasium id>, dmc:<domain>-<task>, dmc-pixels:<domain>-<task> or atari:<Game>."""
+    agent: str = DEFAULT_AGENT
+    """Which agent to train; its hyperparameters are the --<agent>.* options (uld train --agent NAME --help)."""
+    env: str | EnvFactory = "gym:Pendulum-v1"
+    """Env name: gym:<Gymnasium id>, dmc:<domain>-<task>, dmc-pixels:<domain>-<task>, atari:<Game>, or a user's
+    Gymnasium env as gym:<module>:<id>. From Python also an env factory, called as factory(seed=, evaluation=)."""
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
     steps: int | None = None
-    """Agent steps to train (default: the protocol's budget: ULD Gym 1M, DMC 500k; ALM 300k, Ant/Humanoid 500k)."""
+    """Agent steps to train (default: the budget of the agent's protocol for the env, e.g. ULD on Gym 1M, ALM 300k)."""
     eval_every: int | None = None
     """Agent steps between evaluations (default: the protocol's, 5,000)."""
     eval_episodes: int | None = None
-    """Episodes per evaluation (default: the protocol's: ULD 10, ALM 5)."""
+    """Episodes per evaluation (default: the agent's protocol's, e.g. ULD 10, ALM 5)."""
     out: str | None = None
     """Run directory (default: runs/<agent>/<env>/seed<seed>)."""
     device: str = "auto"
@@ -45,22 +46,44 @@ class TrainConfig:
     log_every: int = 1000
     """Agent steps between training-metric records in TensorBoard."""
     small: bool = False
-    """Start from the reduced-size agent (ULD: 128-wide networks, batch 64, 1k random steps; ALM likewise): same algorithm, quick on a CPU."""
+    """Start from the agent's reduced-size config (e.g. ULD: 128-wide networks, batch 64, 1k random steps): same
+    algorithm, quick on a CPU."""
     checkpoint_minutes: float = 10.0
     """Wall-clock minutes between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."""
     checkpoint_every: int | None = None
     """Also checkpoint every this many agent steps (default: by time only)."""
     resume: str | None = None
-    """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress may change)."""
-    uld: ULDConfig = field(default_factory=ULDConfig)
-    """ULD hyperparameters (spec/ULD.md)."""
-    alm: ALMConfig = field(default_factory=ALMConfig)
-    """ALM hyperparameters (spec/ALM.md)."""
+    """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress
+    may change)."""
+    agent_config: Any = None
+    """The trained agent's hyperparameters, an instance of its registered config dataclass (default: its
+    defaults, or its reduced-size config with small). Also readable as the attribute named by the agent
+    (``config.uld``), and accepted as that keyword (``TrainConfig(agent="alm", alm=ALMConfig(...))``)."""
+
+    def __post_init__(self) -> None:
+        agent = get_agent(self.agent)
+        if self.agent_config is None:
+            object.__setattr__(self, "agent_config", agent.default_config(self.small))
+        elif not isinstance(self.agent_config, agent.config):
+            raise UldError(f"the {agent.name} agent's hyperparameters are a {agent.config.__name__}, "
+                           f"got a {type(self.agent_config).__name__}")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: the trained agent's section by its name (config.alm).
+        fields = self.__dict__
+        if "agent" in fields and name == fields["agent"]:
+            return fields["agent_config"]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def env_name(self) -> str:
+        """The env's uld name; an env factory's is python:<module>:<qualified name>."""
+        return self.env if isinstance(self.env, str) else factory_name(self.env)
 
     def resolved(self) -> TrainConfig:
         """This config with every default that depends on the env and the agent filled in."""
-        protocol = alm_protocol(self.env) if self.agent == "alm" else protocol_for(self.env)
-        env_dir = self.env.replace(":", "_").replace("/", "_")
+        protocol = get_agent(self.agent).protocol_for(self.env_name)
+        env_dir = self.env_name.replace(":", "_").replace("/", "_").replace("<", "").replace(">", "")
         out = self.out or str(Path("runs") / self.agent / env_dir / f"seed{self.seed}")
         return dataclasses.replace(
             self,
@@ -71,13 +94,35 @@ class TrainConfig:
         )
 
 
+def _accept_agent_sections(init):
+    """TrainConfig(agent="alm", alm=ALMConfig(...)): the trained agent's section by its name, as config.json
+    stores it. The section of an agent other than the trained one is ignored, as it always was."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        sections = {name: kwargs.pop(name) for name in list(kwargs) if name not in _FIELDS}
+        unknown = [name for name in sections if name not in agent_names()]
+        if unknown:
+            raise TypeError(f"TrainConfig got an unexpected keyword argument {unknown[0]!r}")
+        agent = kwargs.get("agent", DEFAULT_AGENT)
+        if agent in sections and kwargs.get("agent_config") is None:
+            kwargs["agent_config"] = sections[agent]
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+TrainConfig.__init__ = _accept_agent_sections(TrainConfig.__init__)  # type: ignore[method-assign]
+
+
 def check_positive(config: TrainConfig) -> None:
     for name in ("steps", "eval_every", "eval_episodes"):
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise UldError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     # The agent's sizes, horizons and periods too (a random phase may be empty).
-    agent_config = getattr(config, config.agent)
+    agent_config = config.agent_config
     for option in dataclasses.fields(agent_config):
         value = getattr(agent_config, option.name)
         if type(value) is int and option.name != "random_steps" and value <= 0:
@@ -90,11 +135,27 @@ RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "threads", "
                      "checkpoint_every")
 
 
+def config_to_dict(config: TrainConfig) -> dict:
+    """The config.json form of a TrainConfig: its options, and the trained agent's hyperparameters as the
+    section named by the agent (``"uld": {...}``)."""
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "agent_config"}
+    data["env"] = config.env_name
+    data[config.agent] = dataclasses.asdict(config.agent_config)
+    return data
+
+
 def config_from_dict(data: dict) -> TrainConfig:
-    """A TrainConfig from its config.json form."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    nested = {"uld": ULDConfig, "alm": ALMConfig}
-    values = {k: (nested[k](**v) if k in nested else v) for k, v in data.items() if k in known}
+    """A TrainConfig from its config.json form.
+
+    Runs written before config.json held only the trained agent's section carry a section for every
+    agent ("uld" and "alm"); the sections of agents other than the trained one are ignored.
+    """
+    known = _FIELDS - {"agent_config"}
+    values = {k: v for k, v in data.items() if k in known}
+    agent = get_agent(values.get("agent", DEFAULT_AGENT))
+    section = data.get(agent.name)
+    if section is not None:
+        values["agent_config"] = agent.config(**section)
     return TrainConfig(**values)
 
 
@@ -118,13 +179,14 @@ def config_differences(stored: dict, current: dict) -> list[str]:
     current value is that option's default, which keeps the behaviour the run was started with (an
     added option whose default depends on the env would not match, and the run is refused: safe).
     """
-    return _differences(stored, current, dataclasses.asdict(TrainConfig()), prefix="")
+    defaults = config_to_dict(TrainConfig(agent=current.get("agent", DEFAULT_AGENT)))
+    return _differences(stored, current, defaults, prefix="")
 
 
 def _differences(stored: dict, current: dict, defaults: dict, *, prefix: str) -> list[str]:
     differences = []
     for key in sorted(set(stored) | set(current)):
-        if not prefix and (key in RESUMABLE_CHANGES or (key in ("uld", "alm") and key != current.get("agent"))):
+        if not prefix and (key in RESUMABLE_CHANGES or (key in agent_names() and key != current.get("agent"))):
             continue
         a, b = stored.get(key), current.get(key)
         if key not in stored and b == defaults.get(key):
@@ -137,12 +199,50 @@ def _differences(stored: dict, current: dict, defaults: dict, *, prefix: str) ->
 
 
 def parse_train_args(argv: list[str]) -> TrainConfig:
-    """uld train's options as a TrainConfig (uld sweep checks the options it passes on with it too)."""
+    """uld train's options as a TrainConfig (uld sweep checks the options it passes on with it too).
+
+    The agent is read first (``--agent NAME``, default uld), so that the options offered are that agent's
+    own: --NAME.* for its hyperparameters. --small, too, is read first: it changes the defaults that the
+    other flags override.
+    """
     import tyro
 
-    from uld.agents.alm.config import reduced_config as reduced_alm
-    from uld.agents.uld.config import reduced_config as reduced_uld
+    agent = get_agent(_option_value(argv, "--agent") or DEFAULT_AGENT)
+    small = "--small" in argv
+    command = _command_type(agent)
+    default = command(agent=agent.name, small=small, **{agent.name: agent.default_config(small)})
+    parsed = tyro.cli(command, args=argv, default=default, prog="uld train", description=TrainConfig.__doc__)
+    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "agent_config"}
+    return TrainConfig(**values, agent_config=getattr(parsed, agent.name))
 
-    # --small changes the defaults that the other flags override, so it is read before parsing.
-    default = TrainConfig(small=True, uld=reduced_uld(), alm=reduced_alm()) if "--small" in argv else TrainConfig()
-    return tyro.cli(TrainConfig, args=argv, default=default, prog="uld train", description=TrainConfig.__doc__)
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The value given to ``option`` in ``argv`` (``--agent alm`` or ``--agent=alm``), the last one counting."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def _command_type(agent: AgentSpec) -> type:
+    """TrainConfig with the agent's hyperparameters as the options --<agent>.*, for tyro."""
+    import tyro
+
+    if agent.name in _FIELDS:
+        raise UldError(f"an agent cannot be called {agent.name!r}: uld train has an option of that name")
+    from uld.envs.registry import domains
+
+    names = tuple(agent_names())
+    help_agent = f"Which agent to train: {', '.join(names)} (uld train --agent NAME --help lists its options)."
+    help_env = (f"Env name, <domain>:<id>, e.g. {', '.join(d.example for d in domains())}; a user's Gymnasium env "
+                "as gym:<module>:<id>, which imports the module that registers it.")
+    return dataclasses.make_dataclass("TrainCommand", [
+        ("agent", Annotated[Literal[names], tyro.conf.arg(help=help_agent)], field(default=agent.name)),
+        ("env", Annotated[str, tyro.conf.arg(help=help_env)], field(default=TrainConfig.env)),
+        ("agent_config", tyro.conf.Suppress[Any], field(default=None)),
+        (agent.name, Annotated[agent.config, tyro.conf.arg(help=f"{agent.title or agent.name} hyperparameters.")],
+         field(default_factory=agent.config)),
+    ], bases=(TrainConfig,), frozen=True)

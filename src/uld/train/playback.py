@@ -6,14 +6,18 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from uld.agents import build_agent
 from uld.envs import make_env
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
+
+if TYPE_CHECKING:
+    from uld.train.config import TrainConfig
 
 
 @dataclass
@@ -21,15 +25,18 @@ class TrainedAgent:
     """A trained agent with its run's configuration; act(obs) is the deterministic policy."""
 
     agent: Any
-    config: Any
+    """The agent, as its registered builder made it (uld.agents.registry)."""
+    config: TrainConfig
+    """The run's configuration, from its config.json."""
     step: int
+    """The agent steps the checkpoint was taken at."""
 
     def act(self, obs: np.ndarray) -> np.ndarray | int:
         """The evaluation action for one observation (no exploration noise)."""
         return self.agent.act(obs, explore=False)
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedAgent:
     """Load the agent of a run directory from its newest complete checkpoint.
 
     Raises UldError when the directory holds no run or no checkpoint.
@@ -46,7 +53,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedAgent:
         raise UldError(f"{run_dir} has no complete checkpoint yet; train longer or resume the run first")
     state, step = loaded
     env = make_env(config.env, seed=config.seed + 100, evaluation=True)
-    agent, _ = build_agent(config.agent, env.spec, getattr(config, config.agent), device=device,
+    agent, _ = build_agent(config.agent, env.spec, config.agent_config, device=device,
                            precision="fp32", seed=config.seed, total_steps=config.steps)
     env.close()
     agent.load_state_dict(state["agent"])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,9 @@ import torch
 from uld.agents import build_agent
 from uld.envs import make_env
 from uld.errors import UldError
-from uld.train.allocator import keep_freed_memory
-from uld.train.logger import Logger
 from uld.train.checkpoint import Checkpointer
-from uld.train.config import TrainConfig, check_positive, config_differences, config_to_resume
+from uld.train.config import TrainConfig, check_positive, config_differences, config_to_dict, config_to_resume
+from uld.train.logger import Logger
 from uld.train.trainer import Trainer
 
 
@@ -44,23 +43,24 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, *, on_allocated: Callable[[], object] | None = None) -> Path:
     """Train as configured and return the run directory.
 
     A run directory that already holds a checkpoint of the same configuration is resumed: the result
-    is bitwise the same as an uninterrupted run on the same machine.
+    is bitwise the same as an uninterrupted run on the same machine. ``config.env`` may be an env
+    factory. Process-wide settings (torch's thread count, the allocator) are left to the caller:
+    ``on_allocated`` is called once the replay buffer and the loaded checkpoint exist, where
+    `uld train` tunes glibc's malloc (train/allocator.py).
     """
     if config.resume is not None:
         config = config_to_resume(config)
     check_positive(config)
     cfg = config.resolved()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
     checkpointer = Checkpointer(run_dir / "checkpoints")
     loaded = checkpointer.load_latest()
-    resolved = dataclasses.asdict(cfg)
+    resolved = config_to_dict(cfg)
     if loaded is not None:
         stored = json.loads((run_dir / "config.json").read_text())
         differences = config_differences(stored, resolved)
@@ -81,7 +81,7 @@ def train(config: TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     seed_everything(cfg.seed)
-    agent_config = getattr(cfg, cfg.agent)
+    agent_config = cfg.agent_config
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
                                 seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
     start_step = loaded[1] if loaded is not None else 0
@@ -93,9 +93,8 @@ def train(config: TrainConfig) -> Path:
     if loaded is not None:
         trainer.load_state_dict(loaded[0])
         del loaded
-    # Now that the buffer and the loaded arrays have their own mappings: from here on, freed blocks stay
-    # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
-    keep_freed_memory()
+    if on_allocated is not None:
+        on_allocated()
     previous_handlers = _install_signal_handlers(trainer)
     try:
         trainer.train(cfg.steps)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -20,30 +18,24 @@ from uld.agents.alm.networks import (
     count_parameters,
     truncated_normal_sample,
 )
+from uld.agents.common import (
+    autocast,
+    check_precision,
+    load_parts_state_dict,
+    parts_state_dict,
+    polyak_update,
+    target_copy,
+)
 from uld.agents.compile import compile_networks
+from uld.agents.registry import get_agent
 from uld.envs.base import EnvSpec
-from uld.errors import UldError
 from uld.replay.buffer import ReplayBuffer
+
+__all__ = ["ALMAgent", "make_buffer", "polyak_update"]
 
 
 def _adam(modules: list[nn.Module], lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([p for module in modules for p in module.parameters()], lr=lr, foreach=True)
-
-
-@torch.no_grad()
-def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) target + tau online, parameter by parameter."""
-    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
-
-
-def check_supported(spec: EnvSpec) -> None:
-    """ALM is defined for vector observations and continuous actions only."""
-    if spec.discrete:
-        raise UldError(f"ALM needs continuous actions but {spec.name} has discrete ones; "
-                       "use --agent uld, or an env with a Box action space such as gym:HalfCheetah-v5.")
-    if spec.pixels or len(spec.obs_shape) != 1:
-        raise UldError(f"ALM needs vector observations but {spec.name} has pixel observations; "
-                       "use --agent uld, or an env with vector observations such as gym:HalfCheetah-v5.")
 
 
 class ALMAgent:
@@ -51,10 +43,8 @@ class ALMAgent:
 
     def __init__(self, spec: EnvSpec, config: ALMConfig = ALMConfig(), device: str | torch.device = "cpu",
                  precision: str = "fp32", compiled: bool = False):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        check_supported(spec)
-        self.spec, self.config, self.precision = spec, config, precision
+        get_agent("alm").check_supports(spec)
+        self.spec, self.config, self.precision = spec, config, check_precision(precision)
         self.device = torch.device(device)
         obs_dim, action_dim, cfg = spec.obs_shape[0], spec.action_dim, config
         self.encoder = Encoder(obs_dim, cfg.latent_dim, cfg.hidden_dim).to(self.device)
@@ -63,8 +53,8 @@ class ALMAgent:
         self.classifier = Classifier(cfg.latent_dim, action_dim, cfg.hidden_dim).to(self.device)
         self.critic = Critic(cfg.latent_dim, action_dim, cfg.hidden_dim).to(self.device)
         self.actor = Actor(cfg.latent_dim, action_dim, cfg.hidden_dim).to(self.device)
-        self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.encoder_target = target_copy(self.encoder)
+        self.critic_target = target_copy(self.critic)
         if compiled:
             compile_networks(self.encoder, self.model, self.reward, self.classifier, self.critic, self.actor,
                              self.encoder_target, self.critic_target)
@@ -100,13 +90,9 @@ class ALMAgent:
 
     # ---- learning -----------------------------------------------------------------------------
 
-    def _autocast(self):
-        """bf16 autocast for a loss's forward pass when asked for (losses and optimizer states stay fp32).
-
-        Each loss gets its own autocast block: autocast caches the bf16 copy of every weight it casts
-        until the block exits, so a block spanning an optimizer step would go on using the old weights.
-        """
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+    def _autocast(self) -> torch.autocast:
+        """One loss's forward pass in the run's precision (agents/common.py: one block per forward pass)."""
+        return autocast(self.device, self.precision)
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
         """One Adam step on the optimizer's parameters with the gradient-norm clip; returns the norm."""
@@ -166,16 +152,13 @@ class ALMAgent:
 
     def state_dict(self) -> dict:
         """Networks, targets, optimizers and the training-step counter (it sets the exploration std)."""
-        state = {name: getattr(self, name).state_dict() for name in self._MODULES}
+        state = parts_state_dict(self, self._MODULES)
         state["counters"] = {"training_step": self.training_step}
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict returned. Optimizer moments are copied: torch's Optimizer.load_state_dict
-        would otherwise share them with the agent the state came from."""
-        for name in self._MODULES:
-            part = state[name]
-            getattr(self, name).load_state_dict(copy.deepcopy(part) if name.endswith("optimizer") else part)
+        """Restore what state_dict returned (optimizer moments copied, not shared: agents/common.py)."""
+        load_parts_state_dict(self, state, self._MODULES)
         self.training_step = int(state["counters"]["training_step"])
 
 

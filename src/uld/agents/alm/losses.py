@@ -9,12 +9,9 @@ under no_grad, so calling backward() on a loss fills .grad on exactly the networ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from uld.agents.alm.networks import (
     Actor,
@@ -25,22 +22,9 @@ from uld.agents.alm.networks import (
     Reward,
     truncated_normal_sample,
 )
+from uld.agents.common import frozen
 
 Metrics = dict[str, Tensor]
-
-
-@contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Build the graph with these modules' parameters as constants: gradients flow through, not into, them."""
-    flags = [[p.requires_grad for p in module.parameters()] for module in modules]
-    for module in modules:
-        module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for module, module_flags in zip(modules, flags):
-            for p, flag in zip(module.parameters(), module_flags):
-                p.requires_grad_(flag)
 
 
 def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) -> Tensor:

@@ -1,0 +1,22 @@
+"""ULD / MR.Q (Fujimoto et al., ICLR 2025), as specified in spec/ULD.md; registered as `--agent uld`."""
+
+from __future__ import annotations
+
+from uld.agents.registry import AgentSpec, BuildContext, register_agent
+from uld.agents.uld.config import ULDConfig, reduced_config
+from uld.agents.uld.design_study import VARIANTS
+
+
+def build(spec, config: ULDConfig, context: BuildContext):
+    """The ULD agent and its LAP-prioritized replay."""
+    from uld.agents.uld.agent import ULDAgent, make_buffer
+
+    agent = ULDAgent(spec, config, device=context.device, precision=context.precision, compiled=context.compiled)
+    return agent, make_buffer(spec, config, context.seed)
+
+
+AGENT = register_agent(AgentSpec(
+    name="uld", config=ULDConfig, build=build, small=reduced_config, title="ULD",
+    description="ULD / MR.Q: model-based representations and a TD3-style actor-critic (spec/ULD.md)",
+    discrete_actions=True, pixels=True, design_study=VARIANTS,
+))

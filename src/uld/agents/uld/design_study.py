@@ -34,13 +34,6 @@ def variant(name: str, base: ULDConfig = ULDConfig()) -> ULDConfig:
 
 def variant_args(name: str) -> list[str]:
     """The `uld train` options that select a variant (e.g. ["--uld.value-model", "linear"])."""
-    if name not in VARIANTS:
-        raise KeyError(f"unknown design-study variant {name!r}; the variants are {', '.join(VARIANTS)}")
-    args = []
-    for field, value in VARIANTS[name].items():
-        flag = field.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(f"--uld.{flag}" if value else f"--uld.no-{flag}")
-        else:
-            args += [f"--uld.{flag}", str(value)]
-    return args
+    from uld.agents.registry import get_agent
+
+    return get_agent("uld").variant_args(name)

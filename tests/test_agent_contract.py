@@ -1,0 +1,155 @@
+"""What every registered agent promises the trainer: it acts in each kind of env it declares, refuses the
+others in one sentence, learns from its replay, and its state round-trips and resumes exactly.
+
+The checks run over ``agent_names()``: an agent registered by a package (or by a test module, like
+the toy agent of test_registry.py) gets them without a line here. Sizes are shrunk where an agent has
+the field, to keep the suite fast; an agent without those fields runs at its --small size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import test_registry  # noqa: F401  (registers the toy agent, so that it is held to the contract too)
+from uld.agents import agent_names, build_agent, get_agent
+from uld.envs.base import EnvSpec, FrameHistory
+from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer
+
+KINDS = {
+    "vector-continuous": EnvSpec(name="test:vector", obs_shape=(5,), action_dim=2, discrete=False,
+                                 max_episode_steps=15),
+    "vector-discrete": EnvSpec(name="test:vector-discrete", obs_shape=(5,), action_dim=3, discrete=True,
+                               max_episode_steps=15),
+    "pixels-continuous": EnvSpec(name="test:pixels", obs_shape=(9, 84, 84), action_dim=2, discrete=False,
+                                 max_episode_steps=15, pixels=True, frame_history=3),
+    "pixels-discrete": EnvSpec(name="test:pixels-discrete", obs_shape=(4, 84, 84), action_dim=3, discrete=True,
+                               max_episode_steps=15, pixels=True, frame_history=4),
+}
+
+SHRINK = dict(batch_size=8, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, model_hidden_dim=32, latent_dim=8,
+              target_update_period=4, buffer_capacity=2000)
+"""Fields set, where an agent's config has them, so that a few updates take well under a second."""
+
+TOTAL_STEPS = 2000
+
+
+def _supports(name: str, kind: str) -> bool:
+    agent, spec = get_agent(name), KINDS[kind]
+    return (agent.discrete_actions or not spec.discrete) and (agent.pixels or not spec.pixels)
+
+
+def _config(name: str):
+    agent = get_agent(name)
+    config = agent.default_config(small=True)
+    names = {f.name for f in dataclasses.fields(config)}
+    return dataclasses.replace(config, **{k: v for k, v in SHRINK.items() if k in names})
+
+
+def _build(name: str, spec: EnvSpec, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_agent(name, spec, _config(name), device="cpu", precision="fp32", seed=seed, total_steps=TOTAL_STEPS)
+
+
+def _fill(buffer, spec: EnvSpec, transitions: int = 90, seed: int = 0) -> None:
+    """Episodes of 15 steps from random actions; the second one terminates, the others are truncated."""
+    rng = np.random.default_rng(seed)
+
+    def observation() -> np.ndarray:
+        if spec.pixels:
+            channels = spec.obs_shape[0] // spec.frame_history
+            return rng.integers(0, 256, (channels, *spec.obs_shape[1:]), dtype=np.uint8)
+        return rng.normal(size=spec.obs_shape).astype(np.float32)
+
+    history = FrameHistory(spec.frame_history, (spec.obs_shape[0] // spec.frame_history, *spec.obs_shape[1:]))
+    obs = history.reset(observation()) if spec.pixels else observation()
+    for t in range(transitions):
+        if spec.discrete:
+            action = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(spec.action_dim)]
+        else:
+            action = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
+        next_obs = history.push(observation()) if spec.pixels else observation()
+        end = (t + 1) % 15 == 0
+        terminated, truncated = end and t < 30 and t >= 15, end and not (t < 30 and t >= 15)
+        buffer.add(obs, action, float(rng.normal()), next_obs, terminated, truncated)
+        obs = (history.reset(observation()) if spec.pixels else observation()) if end else next_obs
+
+
+def _cases() -> list:
+    return [pytest.param(name, kind, id=f"{name}-{kind}") for name in agent_names() for kind in KINDS]
+
+
+def _tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a nested state dict, by its path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in _tensors(value, f"{prefix}/{key}").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for i, value in enumerate(state) for k, v in _tensors(value, f"{prefix}/{i}").items()}
+    return {}
+
+
+@pytest.mark.parametrize(("name", "kind"), _cases())
+def test_agent_acts_in_the_env_kinds_it_declares_and_refuses_the_others(name: str, kind: str) -> None:
+    spec = KINDS[kind]
+    if not _supports(name, kind):
+        with pytest.raises(UldError) as error:
+            _build(name, spec)
+        assert str(error.value).count(". ") == 0 and "--agent" in str(error.value)
+        return
+    agent, _ = _build(name, spec)
+    history = FrameHistory(spec.frame_history, (spec.obs_shape[0] // spec.frame_history, *spec.obs_shape[1:]))
+    rng = np.random.default_rng(1)
+    for explore in (True, False):
+        if spec.pixels:
+            obs = history.reset(rng.integers(0, 256, (spec.obs_shape[0] // spec.frame_history, 84, 84), dtype=np.uint8))
+        else:
+            obs = rng.normal(size=spec.obs_shape).astype(np.float32)
+        action = agent.act(obs, explore=explore)
+        if spec.discrete:
+            assert isinstance(action, int) and 0 <= action < spec.action_dim
+        else:
+            assert np.shape(action) == (spec.action_dim,) and np.all(np.abs(action) <= 1.0)
+
+
+@pytest.mark.parametrize(("name", "kind"), [case for case in _cases() if _supports(*case.values)])
+def test_agent_learns_round_trips_its_state_and_resumes_exactly(name: str, kind: str, tmp_path: Path) -> None:
+    spec = KINDS[kind]
+    agent, buffer = _build(name, spec, seed=0)
+    _fill(buffer, spec)
+    assert buffer.can_sample
+    before = {k: v.clone() for k, v in _tensors(agent.state_dict()).items()}
+    for _ in range(2):
+        metrics = agent.update(buffer)
+    assert metrics and all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+    after = _tensors(agent.state_dict())
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "two updates changed no tensor of the agent's state"
+
+    # Through a real checkpoint file: the state must be storable without pickling.
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    checkpointer.save({"agent": agent.state_dict(), "buffer": buffer.state_dict()}, step=2)
+    state, step = checkpointer.load_latest()
+    assert step == 2
+    copy, copy_buffer = _build(name, spec, seed=7)  # other initial weights: everything must come from the state
+    copy.load_state_dict(state["agent"])
+    copy_buffer.load_state_dict(state["buffer"])
+    saved, restored = _tensors(state["agent"]), _tensors(copy.state_dict())
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+
+    # The next update of the restored agent is the next update of the original, bit for bit.
+    torch.manual_seed(123)
+    expected = agent.update(buffer)
+    torch.manual_seed(123)
+    got = copy.update(copy_buffer)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(torch.as_tensor(expected[k]), torch.as_tensor(got[k])) for k in expected)
+    final, final_copy = _tensors(agent.state_dict()), _tensors(copy.state_dict())
+    assert all(torch.equal(final[k], final_copy[k]) for k in final)

@@ -1,0 +1,36 @@
+"""The public API in the uld namespace: train, TrainConfig, make_env and load, without loading torch on import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import typing
+
+import numpy as np
+import pytest
+
+import test_registry  # noqa: F401  (registers the toy agent)
+import uld
+from uld.errors import UldError
+from uld.train.config import TrainConfig
+from uld.train.playback import TrainedAgent
+
+
+def test_import_uld_loads_neither_torch_nor_a_simulator():
+    code = "import sys, uld; print(sorted(m for m in ('torch', 'mujoco', 'dm_control', 'gymnasium') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_the_api_trains_loads_and_acts(tmp_path):
+    assert uld.TrainConfig is TrainConfig and set(uld.__all__) >= {"train", "TrainConfig", "make_env", "load"}
+    hints = typing.get_type_hints(uld.load, vars(uld) | {"TrainedAgent": TrainedAgent, "torch": __import__("torch")})
+    assert hints["return"] is TrainedAgent
+    run_dir = uld.train(uld.TrainConfig(agent="toy", env="gym:Pendulum-v1", steps=150, eval_every=150, eval_episodes=1,
+                                        out=str(tmp_path / "run"), progress=False))
+    trained = uld.load(run_dir, device="cpu")
+    assert (trained.step, trained.config.agent, trained.config.steps) == (150, "toy", 150)
+    env = uld.make_env(trained.config.env, seed=0, evaluation=True)
+    action = trained.act(env.reset())
+    assert action.shape == (1,) and np.all(np.abs(action) <= 1)
+    with pytest.raises(UldError, match="is not a run directory"):
+        uld.load(tmp_path / "nothing")
