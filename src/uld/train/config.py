@@ -52,6 +52,10 @@ class TrainConfig:
     """Also checkpoint every this many agent steps (default: by time only)."""
     resume: str | None = None
     """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress may change)."""
+    restart: bool = False
+    """Start the run in --out over: its files are moved into <out>/restarted-<time>/ first (nothing is deleted)."""
+    trust_checkpoint: str | None = None
+    """Continue from this checkpoint file even though its checksum does not verify (it is still loaded weights-only)."""
     uld: ULDConfig = field(default_factory=ULDConfig)
     """ULD hyperparameters (spec/ULD.md)."""
     alm: ALMConfig = field(default_factory=ALMConfig)
@@ -87,25 +91,47 @@ def check_positive(config: TrainConfig) -> None:
 # Options that may change between the start of a run and its resumption; every other one is part of
 # what the run is, and a command that disagrees with the run directory on it is refused.
 RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "threads", "progress", "checkpoint_minutes",
-                     "checkpoint_every")
+                     "checkpoint_every", "restart", "trust_checkpoint")
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    """A TrainConfig from its config.json form."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+def config_from_dict(data: dict, source: str = "config.json") -> TrainConfig:
+    """A TrainConfig from its config.json form; UldError naming the first field uld does not know."""
     nested = {"uld": ULDConfig, "alm": ALMConfig}
-    values = {k: (nested[k](**v) if k in nested else v) for k, v in data.items() if k in known}
+    for cls, section, prefix in [(TrainConfig, data, "")] + [(nested[k], data.get(k), k + ".") for k in nested]:
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise UldError(f"{source} has {prefix or 'its top level'} as {section!r}, not a mapping of options; "
+                           "restore the file uld train wrote")
+        unknown = sorted(set(section) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UldError(f"{source} has options this uld does not know ({', '.join(prefix + k for k in unknown)}); "
+                           "it was written by another uld version or edited: restore it, or use that version")
+    values = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
     return TrainConfig(**values)
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """The config.json of a run directory as a dict; UldError when it is missing or not JSON."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UldError(f"{run_dir} is not a run directory (it has no config.json); pass the directory "
+                       "that uld train wrote")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UldError(f"{path} is not valid JSON ({error}); restore it, or continue the run with "
+                       "--trust-checkpoint <a checkpoint> and the run's options, which rewrites it") from None
+    if not isinstance(data, dict):
+        raise UldError(f"{path} holds a {type(data).__name__}, not a run's options; restore the file uld train wrote")
+    config_from_dict(data, str(path))  # unknown options
+    return data
 
 
 def config_to_resume(config: TrainConfig) -> TrainConfig:
     """For `--resume DIR`: the run's own config.json, with the options that may change on resumption
     (RESUMABLE_CHANGES) taken from this command."""
-    stored = Path(config.resume) / "config.json"
-    if not stored.exists():
-        raise UldError(f"{config.resume} is not a run directory (it has no config.json); pass the directory "
-                       "that uld train wrote")
-    base = config_from_dict(json.loads(stored.read_text()))
+    base = config_from_dict(read_run_config(config.resume))
     from_command = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name not in ("steps", "out", "resume")}
     return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps, **from_command)
 
