@@ -22,11 +22,12 @@ commands:
 
 
 def _train(argv: list[str]) -> int:
-    from uld.train.config import parse_train_args
+    from uld.train.config import TrainConfig, parse_train_args
     from uld.train.run import train
+    from uld.train.validation import explicit_options
 
     config = parse_train_args(argv)
-    run_dir = train(config)
+    run_dir = train(config, explicit=explicit_options(argv, TrainConfig))
     print(f"run finished: {run_dir}/eval.csv")
     return 0
 
@@ -46,7 +47,9 @@ class EvalConfig:
 def _eval(argv: list[str]) -> int:
     from uld.train.playback import evaluate_run, summary
 
-    config = tyro.cli(EvalConfig, args=argv, prog="uld eval", description=EvalConfig.__doc__)
+    from uld.train.validation import parse_options
+
+    config = parse_options(EvalConfig, argv, "uld eval", description=EvalConfig.__doc__)
     returns = evaluate_run(config.run_dir, config.episodes, config.video)
     print(summary(returns))
     if config.video:
@@ -73,14 +76,18 @@ def _suites(argv: list[str]) -> int:
 def _sweep(argv: list[str]) -> int:
     from uld.analysis.sweep import SweepConfig, run_sweep
 
-    config, train_args = tyro.cli(SweepConfig, args=argv, prog="uld sweep", return_unknown_args=True)
+    from uld.train.validation import parse_options
+
+    config, train_args = parse_options(SweepConfig, argv, "uld sweep", return_unknown_args=True)
     return run_sweep(config, train_args)
 
 
 def _report(argv: list[str]) -> int:
     from uld.analysis.report import ReportConfig, write_report
 
-    config = tyro.cli(ReportConfig, args=argv, prog="uld report")
+    from uld.train.validation import parse_options
+
+    config = parse_options(ReportConfig, argv, "uld report")
     from pathlib import Path
 
     from uld.analysis.design_study import design_study_table, is_design_study

@@ -115,6 +115,14 @@ class Checkpointer:
         return self.directory.is_dir() and any(_NAME.match(p.name) or (p.name.startswith("step-") and p.suffix == ".sha256")
                                                for p in self.directory.iterdir())
 
+    def verified_step(self) -> int:
+        """The step of the newest checkpoint whose checksum verifies, without loading it (0 when none)."""
+        for step in self.complete_steps():
+            path = self.path(step)
+            if path.with_suffix(".sha256").read_text().strip() == _sha256(path):
+                return step
+        return 0
+
     def newest_step(self) -> int:
         """The step of the newest .pt file, else of the newest .sha256 file (for messages)."""
         steps = self._steps() or sorted((int(p.stem[5:]) for p in self.directory.glob("step-*.sha256")

@@ -164,11 +164,11 @@ def _differences(stored: dict, current: dict, defaults: dict, *, prefix: str) ->
 
 def parse_train_args(argv: list[str]) -> TrainConfig:
     """uld train's options as a TrainConfig (uld sweep checks the options it passes on with it too)."""
-    import tyro
-
     from uld.agents.alm.config import reduced_config as reduced_alm
     from uld.agents.uld.config import reduced_config as reduced_uld
 
     # --small changes the defaults that the other flags override, so it is read before parsing.
     default = TrainConfig(small=True, uld=reduced_uld(), alm=reduced_alm()) if "--small" in argv else TrainConfig()
-    return tyro.cli(TrainConfig, args=argv, default=default, prog="uld train", description=TrainConfig.__doc__)
+    from uld.train.validation import parse_options
+
+    return parse_options(TrainConfig, argv, "uld train", default=default, description=TrainConfig.__doc__)
