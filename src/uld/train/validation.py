@@ -50,8 +50,8 @@ def _describe(bounds: Range, integer: bool) -> str:
     if integer and high is None and low_in and low in (0, 1):
         return "a positive integer" if low == 1 else "a non-negative integer"
     if high is None:
-        return f"{kind} {'>=' if low_in else '>'} {low:g}"
-    return f"{kind} in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        return f"{kind} {'>=' if low_in else '>'} {low:,}"
+    return f"{kind} in {'[' if low_in else '('}{low:,}, {high:,}{']' if high_in else ')'}"
 
 
 def _within(value: float, bounds: Range) -> bool:
@@ -106,7 +106,7 @@ def check_config(config: Any) -> None:
     """Every option of a resolved TrainConfig and of its agent's hyperparameters, before anything is made."""
     check_fields(config)
     if not DEVICE.match(config.device):
-        raise UldError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {config.device!r}")
+        raise UldError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {config.device!r}; pass one of those")
     agent = getattr(config, config.agent)
     check_fields(agent, prefix=config.agent + ".")
     # The replay must hold at least one whole subsequence of the horizon the losses unroll.
