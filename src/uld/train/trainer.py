@@ -123,9 +123,18 @@ class Trainer:
         """Evaluate at this step; a stop request abandons it, leaving state.evaluation_due set."""
         self._check_finite(self._metrics)
         self.state.evaluation_due = True
-        if self.eval_seed is not None:
-            self.eval_env.reseed(evaluation_seed(self.eval_seed, self.state.step))
-        returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=lambda: self.stop_signal is not None)
+        stop = lambda: self.stop_signal is not None  # noqa: E731
+        if self.eval_seed is None:
+            returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=stop)
+        else:
+            # The env and torch (ALM samples its latent when acting) draw from (seed, step) alone; the
+            # training's torch generator is left as it was.
+            seed = evaluation_seed(self.eval_seed, self.state.step)
+            self.eval_env.reseed(seed)
+            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=stop)
         if returns is not None:
             self.logger.evaluation(self.state.step, returns, self._wall_seconds())
             self.state.evaluation_due = False
