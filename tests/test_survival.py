@@ -284,8 +284,9 @@ def test_sweep_counts_a_run_finished_only_by_a_checkpoint_that_verifies(finished
 
 # ---- interruption ---------------------------------------------------------------------------------
 
-def _signal_during_evaluation(monkeypatch, at_step_of_training: int, after_eval_steps: int = 50) -> None:
-    """Make the evaluation env send this process SIGTERM in the middle of the evaluation at a step."""
+def _signal_during_evaluation(monkeypatch, at_step_of_training: int, after_eval_steps: int | None = 50) -> None:
+    """Make the evaluation env send this process SIGTERM in the middle of the evaluation at a step
+    (after_eval_steps None: right after that evaluation)."""
     import uld.train.trainer as trainer_module
 
     real_evaluate = trainer_module.evaluate
@@ -303,6 +304,10 @@ def _signal_during_evaluation(monkeypatch, at_step_of_training: int, after_eval_
                     os.kill(os.getpid(), signal.SIGTERM)
                 return real_step(action)
 
+            if after_eval_steps is None:
+                returns = real_evaluate(agent, env, episodes, stop)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return returns
             env.step = step
             try:
                 return real_evaluate(agent, env, episodes, stop)
@@ -325,6 +330,17 @@ def test_a_stop_during_an_evaluation_abandons_it_and_the_resumed_run_is_the_stra
     train(_config(run, 300))
     assert _returns(run) == _returns(straight)
     _assert_same_agent(run, straight)
+
+
+def test_a_stop_right_after_the_first_evaluation_resumes_without_evaluating_twice(tmp_path, monkeypatch):
+    straight = train(_config(tmp_path / "straight", 200))
+    run = tmp_path / "run"
+    _signal_during_evaluation(monkeypatch, at_step_of_training=0, after_eval_steps=None)
+    with pytest.raises(UldError, match="interrupted at step 0; a checkpoint was saved"):
+        train(_config(run, 200))
+    monkeypatch.undo()
+    train(_config(run, 200))
+    assert _returns(run) == _returns(straight)
 
 
 def test_a_stop_during_the_last_evaluation_says_the_evaluation_is_left_to_do(tmp_path, monkeypatch, capsys):
@@ -526,3 +542,16 @@ def test_config_dataclass_round_trip_refuses_a_nested_section_of_the_wrong_kind(
     data["uld"] = [1, 2]
     with pytest.raises(UldError, match="not a mapping of options"):
         config_from_dict(data)
+
+
+# ---- the default suite --------------------------------------------------------------------------------
+
+def test_not_slow_excludes_the_learning_checks():
+    tests = Path(__file__).parent
+    files = [str(tests / name) for name in ("test_train.py", "test_discrete.py", "test_alm_learning.py")]
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow", *files],
+                            capture_output=True, text=True, timeout=300, cwd=tests.parent)
+    collected = [line.split("::")[1].split("[")[0] for line in result.stdout.splitlines() if "::" in line]
+    learning = {"test_learns_pendulum_reduced_size", "test_uld_learns_cartpole", "test_reduced_alm_swings_up_pendulum"}
+    assert not learning & set(collected), collected
+    assert "test_run_writes_eval_csv_config_and_tensorboard" in collected and len(collected) >= 15

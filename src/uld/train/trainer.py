@@ -97,7 +97,7 @@ class Trainer:
         self.random_steps, self.eval_every, self.eval_episodes = random_steps, eval_every, eval_episodes
         self.log_every, self.eval_seed = log_every, eval_seed
         self.checkpointer, self.checkpoint_seconds, self.checkpoint_every = checkpointer, checkpoint_seconds, checkpoint_every
-        self.state = TrainerState()
+        self.state = TrainerState(evaluation_due=True)  # a new run evaluates at step 0 first
         self.obs: np.ndarray | None = None
         self.stop_signal: int | None = None  # set by a signal handler; the loop checkpoints and stops
         self._metrics: dict[str, torch.Tensor] = {}
@@ -149,7 +149,7 @@ class Trainer:
         self._last_checkpoint = time.perf_counter()
         if self.obs is None:
             self._reset()
-        if s.step == 0 or s.evaluation_due:
+        if s.evaluation_due:
             self._evaluate()
             if s.step > 0 or self.stop_signal is not None:
                 self._maybe_checkpoint(final=s.step >= total_steps)

@@ -154,13 +154,13 @@ def check_buffer_memory(config: Any, spec: Any) -> None:
     """Raise UldError when a state replay of the configured capacity cannot fit in the memory available.
 
     Pixel replays check themselves, frame by frame (uld.replay.frames). A state replay holds one
-    float32 observation, the action and three scalars per slot.
+    float32 observation and action per slot, and 40 bytes of reward, flags, priority and sum tree.
     """
     if spec.pixels:
         return
     agent = getattr(config, config.agent)
     capacity = agent.capacity_for(spec.name, config.steps) if config.agent == "alm" else agent.buffer_capacity
-    per_slot = 4 * (math.prod(spec.obs_shape) + spec.action_dim + 3)
+    per_slot = 4 * (math.prod(spec.obs_shape) + spec.action_dim) + 40
     needed, available, reserve = capacity * per_slot, _available_memory(), 1 << 30
     if available is not None and needed + reserve > available:
         fits = max(0, (available - reserve) // per_slot)
