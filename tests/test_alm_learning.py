@@ -8,6 +8,8 @@ the four losses, or gradients reaching the wrong networks, leaves the return nea
 
 from __future__ import annotations
 
+import pytest
+
 from uld.agents.alm.config import reduced_config
 from uld.train.logger import read_eval_csv
 from uld.train.run import TrainConfig, train
@@ -18,6 +20,7 @@ THRESHOLD = -500.0
 """Well above random: only a policy that swings the pendulum up and mostly holds it gets here."""
 
 
+@pytest.mark.slow
 def test_reduced_alm_swings_up_pendulum(tmp_path) -> None:
     config = TrainConfig(
         agent="alm",

@@ -112,6 +112,7 @@ def test_two_evaluations_of_the_same_policy_on_the_same_seed_agree() -> None:
     assert first == second
 
 
+@pytest.mark.slow
 def test_uld_learns_cartpole(tmp_path: Path) -> None:
     """The reduced agent beats the random policy (22.5) by far after 1,000 training steps.
 

@@ -7,11 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import uld
 from uld.agents.uld.config import reduced_config
 from uld.envs import make_env
 from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer
 from uld.train.playback import evaluate_run
 from uld.train.run import TrainConfig, train
 
@@ -35,13 +37,59 @@ def test_load_returns_an_agent_whose_act_is_deterministic(run_dir):
     np.testing.assert_array_equal(first, second)
 
 
+def _tensors(tree, prefix=""):
+    """Every tensor of a nested state dict, by its path."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
+def test_load_restores_the_trained_weights_and_acts_as_the_trained_agent(tmp_path, monkeypatch):
+    import uld.train.run as run_module
+
+    trained_agents = []
+    real_build_agent = run_module.build_agent
+
+    def build_and_keep(*args, **kwargs):
+        agent, buffer = real_build_agent(*args, **kwargs)
+        trained_agents.append(agent)
+        return agent, buffer
+
+    monkeypatch.setattr(run_module, "build_agent", build_and_keep)
+    out = train(TrainConfig(env="dmc:cartpole-balance", seed=2, steps=300, eval_every=300, eval_episodes=1,
+                            progress=False, out=str(tmp_path / "run"), uld=TINY))
+    (trained_agent,) = trained_agents
+    loaded = uld.load(out)
+    state, _ = Checkpointer(out / "checkpoints").load_latest()
+    saved, restored = _tensors(state["agent"]), _tensors(loaded.agent.state_dict())
+    assert len(saved) > 20 and saved.keys() == restored.keys()
+    for key, tensor in saved.items():
+        assert torch.equal(tensor, restored[key]), key
+    env = make_env("dmc:cartpole-balance", seed=5)
+    observations = [env.reset()] + [env.step(env.sample_action())[0] for _ in range(9)]
+    for obs in observations:
+        np.testing.assert_array_equal(loaded.act(obs), trained_agent.act(obs, explore=False))
+    # An untrained agent of the same seed acts otherwise: the comparison above can fail.
+    untrained, _ = real_build_agent("uld", env.spec, TINY, device="cpu", precision="fp32", seed=2, total_steps=300)
+    assert any(not np.array_equal(untrained.act(obs, explore=False), loaded.act(obs)) for obs in observations)
+
+
 def test_eval_is_reproducible_and_writes_a_video(run_dir, tmp_path):
     import imageio.v2 as imageio
 
     video = tmp_path / "videos" / "episode.mp4"
     returns = evaluate_run(run_dir, episodes=2, video=video)
     assert returns == evaluate_run(run_dir, episodes=2)
-    assert all(0 <= r <= 1000 for r in returns)  # 500 agent steps of two env steps, reward at most 1 each
+    # The returns are those of the trained policy on the env seeded with seed + 100, summed here anew.
+    trained, env, expected = uld.load(run_dir), make_env("dmc:cartpole-balance", seed=1 + 100, evaluation=True), []
+    for _ in range(2):
+        obs, done, total = env.reset(), False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(trained.act(obs))
+            total, done = total + reward, terminated or truncated
+        expected.append(total)
+    assert returns == expected and returns[0] != returns[1]
     reader = imageio.get_reader(str(video))
     frames = [frame for frame in reader]
     assert len(frames) == 501  # the reset frame and one per agent step

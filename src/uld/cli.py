@@ -25,16 +25,18 @@ def _train(argv: list[str]) -> int:
     import torch
 
     from uld.train.allocator import keep_freed_memory
-    from uld.train.config import parse_train_args
+    from uld.train.config import command_type, parse_train_args
     from uld.train.run import train
+    from uld.train.validation import check_fields, explicit_options
 
     config = parse_train_args(argv)
     # Process-wide settings belong to the command, not to train(), which a user may call from Python.
+    check_fields(config)  # the thread count among them, before torch is given it
     if config.threads:
         torch.set_num_threads(config.threads)
     # Once the buffer and the loaded arrays have their own mappings: from then on, freed blocks stay
     # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
-    run_dir = train(config, on_allocated=keep_freed_memory)
+    run_dir = train(config, explicit=explicit_options(argv, command_type(argv)), on_allocated=keep_freed_memory)
     print(f"run finished: {run_dir}/eval.csv")
     return 0
 
@@ -54,7 +56,9 @@ class EvalConfig:
 def _eval(argv: list[str]) -> int:
     from uld.train.playback import evaluate_run, summary
 
-    config = tyro.cli(EvalConfig, args=argv, prog="uld eval", description=EvalConfig.__doc__)
+    from uld.train.validation import parse_options
+
+    config = parse_options(EvalConfig, argv, "uld eval", description=EvalConfig.__doc__)
     returns = evaluate_run(config.run_dir, config.episodes, config.video)
     print(summary(returns))
     if config.video:
@@ -81,14 +85,18 @@ def _suites(argv: list[str]) -> int:
 def _sweep(argv: list[str]) -> int:
     from uld.analysis.sweep import SweepConfig, run_sweep
 
-    config, train_args = tyro.cli(SweepConfig, args=argv, prog="uld sweep", return_unknown_args=True)
+    from uld.train.validation import parse_options
+
+    config, train_args = parse_options(SweepConfig, argv, "uld sweep", return_unknown_args=True)
     return run_sweep(config, train_args)
 
 
 def _report(argv: list[str]) -> int:
     from uld.analysis.report import ReportConfig, write_report
 
-    config = tyro.cli(ReportConfig, args=argv, prog="uld report")
+    from uld.train.validation import parse_options
+
+    config = parse_options(ReportConfig, argv, "uld report")
     from pathlib import Path
 
     from uld.analysis.design_study import design_study_table, is_design_study

@@ -7,7 +7,6 @@ Results use the tidy format of the published curves (shared/reference/README.md)
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from uld.analysis.suites import env_from_reference_name, reference_name
 from uld.envs.protocol import domain_of
 from uld.envs.registry import find_domain
 from uld.errors import UldError
+from uld.train.config import read_run_config
 from uld.train.logger import read_eval_csv
 
 TIDY_COLUMNS = ("env", "step", "seed", "return")
@@ -81,9 +81,10 @@ def load_sweep(sweep_dir: Path) -> tuple[Curves, list[str]]:
     curves, unfinished = Curves(), []
     for eval_path in sorted(sweep_dir.rglob("eval.csv")):
         config_path = eval_path.with_name("config.json")
-        if not config_path.exists():
+        # Files that uld train --restart moved aside are not a run of the sweep.
+        if not config_path.exists() or any(part.startswith("restarted-") for part in eval_path.parts):
             continue
-        config = json.loads(config_path.read_text())
+        config = read_run_config(eval_path.parent)
         env = reference_name(config["env"])
         rows = read_eval_csv(eval_path)
         for row in rows:

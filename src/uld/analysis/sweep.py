@@ -147,6 +147,7 @@ def run_dir_name(env: str) -> str:
 def plan_runs(config: SweepConfig, train_args: list[str], sweep_dir: Path) -> list[Run]:
     """Every run of the sweep, its `uld train` options checked the way `uld train` parses them."""
     from uld.train.config import parse_train_args
+    from uld.train.validation import check_config
 
     clashes = [arg for arg in train_args if arg.split("=", 1)[0] in SWEEP_OPTIONS]
     if clashes:
@@ -165,6 +166,7 @@ def plan_runs(config: SweepConfig, train_args: list[str], sweep_dir: Path) -> li
         for seed in parse_seeds(config.seeds):
             run_dir = sweep_dir / run_dir_name(env) / f"seed{seed}"
             resolved = dataclasses.replace(base, env=env, seed=seed, out=str(run_dir)).resolved()
+            check_config(resolved)  # every run's ranges, before the sweep writes anything
             argv = ("--env", env, "--seed", str(seed), "--out", str(run_dir), *common, *train_args)
             runs.append(Run(env, seed, str(run_dir), resolved.steps, argv))
     return runs
@@ -200,14 +202,14 @@ def write_manifest(config: SweepConfig, train_args: list[str], sweep_dir: Path, 
 # ---- one run ---------------------------------------------------------------------------------------
 
 def finished_step(run_dir: str | Path) -> int:
-    """The step of the newest complete checkpoint of a run (0 when none), read from file names only.
+    """The step of the newest checkpoint of a run whose checksum verifies (0 when none).
 
-    A checkpoint counts once its checksum file exists, which `uld train` writes after the
-    checkpoint itself; checking names keeps the test cheap for runs with gigabytes of replay.
+    A finished run whose newest checkpoint is corrupt is not finished: `uld train` falls back to the
+    one before and trains the rest again, so the sweep must start it.
     """
-    steps = [int(match.group(1)) for path in Path(run_dir, "checkpoints").glob("step-*.pt")
-             if (match := re.fullmatch(r"step-(\d+)\.pt", path.name)) and path.with_suffix(".sha256").exists()]
-    return max(steps, default=0)
+    from uld.train.checkpoint import Checkpointer
+
+    return Checkpointer(Path(run_dir, "checkpoints")).verified_step()
 
 
 def lock_run(run_dir: str | Path, block: bool) -> int | None:
@@ -319,6 +321,10 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
     if config.gpus_per_run and config.ray is None:
         raise UldError("--gpus-per-run reserves GPUs on a Ray cluster and needs --ray; on this machine every run "
                        "uses the GPUs torch sees (choose how many share them with --parallel)")
+    if config.ray not in (None, "local", "auto"):
+        # Before anything is written. Ray retries an address where nothing answers for minutes, and
+        # rewrites 127.0.0.1 into the node's own address: a plain connect to what was given fails fast.
+        check_ray_address(config.ray)
     sweep_dir = Path(config.out or Path("runs") / "sweeps" / f"{config.agent}-{config.suite or 'custom'}").absolute()
     runs = plan_runs(config, train_args, sweep_dir)
     write_manifest(config, train_args, sweep_dir, runs)
@@ -395,6 +401,23 @@ def _run_locally(todo: list[Run], parallel: int, threads: int, max_retries: int)
         raise SweepInterrupted(f"sweep interrupted; {len(running)} runs under way saved a checkpoint: run the same "
                                "command again to continue", 130) from None
     return failed
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """Raise UldError unless something accepts a TCP connection at a Ray address (host:port or ray://host:port)."""
+    import socket
+
+    host_port = address.removeprefix("ray://").rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UldError(f"--ray {address!r} is not host:port, ray://host:port, auto or local; pass e.g. "
+                       "--ray 10.0.0.5:6379, or --ray local to start a cluster here")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise UldError(f"cannot reach the Ray cluster at {address!r}: nothing answers at {host}:{port} "
+                       f"({error.strerror or error}); start one with ray start --head, or pass --ray local to "
+                       "start one here") from None
 
 
 def _run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:

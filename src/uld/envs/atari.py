@@ -91,7 +91,8 @@ class AtariEnv:
         ale.setInt("random_seed", seed % 2**31)  # ALE takes a signed 32-bit seed
         ale.setFloat("repeat_action_probability", STICKY_ACTION_PROBABILITY)
         ale.setInt("max_num_frames_per_episode", max_episode_frames)
-        ale.loadROM(roms.get_rom_path(rom_id))  # settings take effect when the ROM is loaded
+        self._rom_path = roms.get_rom_path(rom_id)
+        ale.loadROM(self._rom_path)  # settings take effect when the ROM is loaded
         self._ale = ale
         self._actions = ale.getMinimalActionSet()
         height, width = ale.getScreenDims()
@@ -159,6 +160,12 @@ class AtariEnv:
         """
         ale_state = self._ale.cloneState(include_rng=True).serialize()
         return {"ale": np.frombuffer(ale_state, dtype=np.uint8).copy(), "sample": self._rng.bit_generator.state}
+
+    def reseed(self, seed: int) -> None:
+        """Seed ALE (it reads its seed when the ROM is loaded) and the env's generator with ``seed``."""
+        self._ale.setInt("random_seed", seed % 2**31)
+        self._ale.loadROM(self._rom_path)
+        self._rng = np.random.default_rng(seed)
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Restore what rng_state returned."""

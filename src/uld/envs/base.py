@@ -114,6 +114,11 @@ class Env(Protocol):
         reset, this reproduces the env's state exactly (how checkpoints resume mid-episode)."""
         ...
 
+    def reseed(self, seed: int) -> None:
+        """Seed every random state anew, as if the env had been made with ``seed`` (the next reset
+        starts from it). Evaluations reseed before each one, from the run's seed and the step."""
+        ...
+
     def render(self) -> np.ndarray:
         """An RGB frame (H, W, 3) uint8 of the current state, for videos."""
         ...

@@ -165,6 +165,11 @@ class DmcEnv:
                          "cached_gaussian": float(cached)},
                 "sample": self._rng.bit_generator.state}
 
+    def reseed(self, seed: int) -> None:
+        """Seed the task's RandomState and the sample_action generator with ``seed``."""
+        self._env.task.random.seed(seed)
+        self._rng = np.random.default_rng(seed)
+
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Restore what rng_state returned."""
         task = state["task"]

@@ -103,6 +103,11 @@ class GymEnv:
             state["env"] = self._env.unwrapped.np_random.bit_generator.state
         return state
 
+    def reseed(self, seed: int) -> None:
+        """The next reset seeds the env with ``seed``; sample_action restarts from it too."""
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+
     def set_rng_state(self, state: dict[str, Any]) -> None:
         """Restore what rng_state returned."""
         self._seed = state["pending_seed"]

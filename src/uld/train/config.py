@@ -55,6 +55,10 @@ class TrainConfig:
     resume: str | None = None
     """Continue the run in this directory with its own config.json (only --steps, --device, --threads, --progress
     may change)."""
+    restart: bool = False
+    """Start the run in --out over: its files are moved into <out>/restarted-<time>/ first (nothing is deleted)."""
+    trust_checkpoint: str | None = None
+    """Continue from this checkpoint file even though its checksum does not verify (it is still loaded weights-only)."""
     agent_config: Any = None
     """The trained agent's hyperparameters, an instance of its registered config dataclass (default: its
     defaults, or its reduced-size config with small). Also readable as the attribute named by the agent
@@ -132,7 +136,7 @@ def check_positive(config: TrainConfig) -> None:
 # Options that may change between the start of a run and its resumption; every other one is part of
 # what the run is, and a command that disagrees with the run directory on it is refused.
 RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "threads", "progress", "checkpoint_minutes",
-                     "checkpoint_every")
+                     "checkpoint_every", "restart", "trust_checkpoint")
 
 
 def config_to_dict(config: TrainConfig) -> dict:
@@ -144,29 +148,55 @@ def config_to_dict(config: TrainConfig) -> dict:
     return data
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    """A TrainConfig from its config.json form.
+def config_from_dict(data: dict, source: str = "config.json") -> TrainConfig:
+    """A TrainConfig from its config.json form; UldError naming the first option uld does not know.
 
     Runs written before config.json held only the trained agent's section carry a section for every
     agent ("uld" and "alm"); the sections of agents other than the trained one are ignored.
     """
     known = _FIELDS - {"agent_config"}
-    values = {k: v for k, v in data.items() if k in known}
-    agent = get_agent(values.get("agent", DEFAULT_AGENT))
+    unknown = sorted(set(data) - known - set(agent_names()))
+    agent_name = data.get("agent", DEFAULT_AGENT)
+    if agent_name not in agent_names():
+        raise UldError(f"{source} names the agent {agent_name!r}, which this uld does not have (its agents: "
+                       f"{', '.join(agent_names())}); restore the file uld train wrote")
+    agent = get_agent(agent_name)
     section = data.get(agent.name)
+    if section is not None and not isinstance(section, dict):
+        raise UldError(f"{source} has {agent.name} as {section!r}, not a mapping of options; "
+                       "restore the file uld train wrote")
+    if section is not None:
+        unknown += [f"{agent.name}.{k}" for k in sorted(set(section) - {f.name for f in dataclasses.fields(agent.config)})]
+    if unknown:
+        raise UldError(f"{source} has options this uld does not know ({', '.join(unknown)}); "
+                       "it was written by another uld version or edited: restore it, or use that version")
+    values = {k: v for k, v in data.items() if k in known}
     if section is not None:
         values["agent_config"] = agent.config(**section)
     return TrainConfig(**values)
 
 
+def read_run_config(run_dir: str | Path) -> dict:
+    """The config.json of a run directory as a dict; UldError when it is missing, not JSON, or unknown."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UldError(f"{run_dir} is not a run directory (it has no config.json); pass the directory "
+                       "that uld train wrote")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UldError(f"{path} is not valid JSON ({error}); restore it, or continue the run with "
+                       "--trust-checkpoint <a checkpoint> and the run's options, which rewrites it") from None
+    if not isinstance(data, dict):
+        raise UldError(f"{path} holds a {type(data).__name__}, not a run's options; restore the file uld train wrote")
+    config_from_dict(data, str(path))  # unknown options
+    return data
+
+
 def config_to_resume(config: TrainConfig) -> TrainConfig:
     """For `--resume DIR`: the run's own config.json, with the options that may change on resumption
     (RESUMABLE_CHANGES) taken from this command."""
-    stored = Path(config.resume) / "config.json"
-    if not stored.exists():
-        raise UldError(f"{config.resume} is not a run directory (it has no config.json); pass the directory "
-                       "that uld train wrote")
-    base = config_from_dict(json.loads(stored.read_text()))
+    base = config_from_dict(read_run_config(config.resume))
     from_command = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name not in ("steps", "out", "resume")}
     return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps, **from_command)
 
@@ -205,15 +235,20 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
     own: --NAME.* for its hyperparameters. --small, too, is read first: it changes the defaults that the
     other flags override.
     """
-    import tyro
+    from uld.train.validation import parse_options
 
     agent = get_agent(_option_value(argv, "--agent") or DEFAULT_AGENT)
     small = "--small" in argv
     command = _command_type(agent)
     default = command(agent=agent.name, small=small, **{agent.name: agent.default_config(small)})
-    parsed = tyro.cli(command, args=argv, default=default, prog="uld train", description=TrainConfig.__doc__)
+    parsed = parse_options(command, argv, "uld train", default=default, description=TrainConfig.__doc__)
     values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "agent_config"}
     return TrainConfig(**values, agent_config=getattr(parsed, agent.name))
+
+
+def command_type(argv: list[str]) -> type:
+    """The dataclass uld train parses `argv` into: TrainConfig with the chosen agent's options."""
+    return _command_type(get_agent(_option_value(argv, "--agent") or DEFAULT_AGENT))
 
 
 def _option_value(argv: list[str], option: str) -> str | None:

@@ -4,24 +4,42 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from uld.errors import UldError
 
 EVAL_COLUMNS = ("step", "mean_return", "returns", "wall_seconds")
 
 
 def read_eval_csv(path: str | Path) -> list[dict]:
-    """Rows of an eval.csv as dicts: step (int), mean_return (float), returns (list), wall_seconds."""
+    """Rows of an eval.csv as dicts: step (int), mean_return (float), returns (list), wall_seconds.
+
+    Raises UldError naming the file and line of the first row that is not of that form.
+    """
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({
-                "step": int(row["step"]),
-                "mean_return": float(row["mean_return"]),
-                "returns": [float(x) for x in row["returns"].split(";") if x],
-                "wall_seconds": float(row["wall_seconds"]),
-            })
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or tuple(reader.fieldnames) != EVAL_COLUMNS:
+                raise ValueError(f"its header is {reader.fieldnames}, not {','.join(EVAL_COLUMNS)}")
+            for row in reader:
+                try:
+                    rows.append({
+                        "step": int(row["step"]),
+                        "mean_return": float(row["mean_return"]),
+                        "returns": [float(x) for x in row["returns"].split(";") if x],
+                        "wall_seconds": float(row["wall_seconds"]),
+                    })
+                except (TypeError, ValueError, AttributeError) as error:
+                    raise ValueError(f"line {reader.line_num} is not step,mean_return,returns,wall_seconds "
+                                     f"({error})") from None
+    except (ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise UldError(f"{path} is not an eval.csv that uld train writes: {error}; restore it, or move the "
+                       "run out of the directory given") from None
     return rows
 
 
@@ -58,6 +76,9 @@ class Logger:
         self.last_eval = mean
         with open(self.eval_path, "a", newline="") as f:
             csv.writer(f).writerow([step, repr(mean), ";".join(repr(r) for r in returns), f"{wall_seconds:.1f}"])
+            # On disk before a checkpoint records the file's length: a crash cannot leave it shorter.
+            f.flush()
+            os.fsync(f.fileno())
         self.writer.add_scalar("eval/mean_return", mean, step)
         self.writer.add_scalar("eval/wall_seconds", wall_seconds, step)
         self.writer.flush()
@@ -76,8 +97,29 @@ class Logger:
         return {"eval_csv_bytes": self.eval_path.stat().st_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Drop the rows written after the checkpoint; the offset is checked to fall at a row's end.
+
+        eval.csv is never grown: when it is shorter than the checkpoint recorded (it lost rows, as a
+        file written before uld fsynced it could), the rows it has are kept, up to its last whole row.
+        """
+        offset = state["eval_csv_bytes"]
+        data = self.eval_path.read_bytes()
+        header = len(data.split(b"\n", 1)[0]) + 1
+        if type(offset) is not int or offset < header:
+            raise UldError(f"the checkpoint's eval.csv offset {offset!r} is not past eval.csv's header; pass "
+                           "another checkpoint with --trust-checkpoint, or --restart to start the run over")
+        if offset > len(data):
+            kept = data.rfind(b"\n") + 1
+            print(f"uld: {self.eval_path} holds {len(data)} bytes, fewer than the {offset} the checkpoint recorded; "
+                  "the rows it lost are not written again", file=sys.stderr)
+            offset = kept
+        elif data[offset - 1:offset] != b"\n":
+            raise UldError(f"the checkpoint's eval.csv offset {offset} falls inside a row of {self.eval_path}; "
+                           "pass another checkpoint with --trust-checkpoint, or --restart to start the run over")
         with open(self.eval_path, "r+b") as f:
-            f.truncate(int(state["eval_csv_bytes"]))
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
         rows = read_eval_csv(self.eval_path)
         self.last_eval = rows[-1]["mean_return"] if rows else math.nan
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +40,12 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedAgen
 
     Raises UldError when the directory holds no run or no checkpoint.
     """
-    from uld.train.config import config_from_dict
+    from uld.train.checkpoint import check_run_state
+    from uld.train.config import config_from_dict, read_run_config
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise UldError(f"{run_dir} is not a run directory (no config.json); pass a directory written by uld train")
-    config = config_from_dict(json.loads(config_path.read_text()))
-    loaded = Checkpointer(run_dir / "checkpoints").load_latest()
+    config = config_from_dict(read_run_config(run_dir))
+    loaded = Checkpointer(run_dir / "checkpoints", validate=check_run_state).load_latest()
     if loaded is None:
         raise UldError(f"{run_dir} has no complete checkpoint yet; train longer or resume the run first")
     state, step = loaded
@@ -56,7 +53,11 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedAgen
     agent, _ = build_agent(config.agent, env.spec, config.agent_config, device=device,
                            precision="fp32", seed=config.seed, total_steps=config.steps)
     env.close()
-    agent.load_state_dict(state["agent"])
+    try:
+        agent.load_state_dict(state["agent"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UldError(f"the checkpoint of step {step} in {run_dir} does not fit the agent its config.json "
+                       f"describes ({error}); the two belong to different runs") from None
     return TrainedAgent(agent=agent, config=config, step=step)
 
 

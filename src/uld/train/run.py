@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import random
-import shutil
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,15 @@ import torch
 from uld.agents import build_agent
 from uld.envs import make_env
 from uld.errors import UldError
-from uld.train.checkpoint import Checkpointer
-from uld.train.config import TrainConfig, check_positive, config_differences, config_to_dict, config_to_resume
+from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
+from uld.train.config import (RESUMABLE_CHANGES, TrainConfig, check_positive, config_differences, config_to_dict,
+                              config_to_resume, read_run_config)
 from uld.train.logger import Logger
 from uld.train.trainer import Trainer
+from uld.train.validation import check_buffer_memory, check_config, check_out, resume_disagreements
+
+RUN_FILES = ("eval.csv", "config.json", "tb", "checkpoints")
+"""What uld train writes in a run directory; --restart moves these aside, never deletes them."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,6 +34,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UldError(f"device {name!r} was asked for but torch sees no CUDA GPU; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UldError(f"device {name!r} was asked for but torch sees {torch.cuda.device_count()} CUDA GPUs; "
+                       "pass cuda:0 to cuda:N-1 or --device auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UldError("device 'mps' was asked for but torch has no MPS backend here; use --device cpu")
     return torch.device(name)
 
 
@@ -43,43 +55,119 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def train(config: TrainConfig, *, on_allocated: Callable[[], object] | None = None) -> Path:
+def _options_given(config: TrainConfig) -> set[str]:
+    """For train() called from Python: the options that differ from their defaults count as given."""
+    given = set()
+    defaults = TrainConfig(agent=config.agent, small=config.small)
+    for field in dataclasses.fields(config):
+        value, default = getattr(config, field.name), getattr(defaults, field.name)
+        if field.name == "agent_config":  # the trained agent's section, by the agent's name
+            given |= {f"{config.agent}.{f.name}" for f in dataclasses.fields(value)
+                      if getattr(value, f.name) != getattr(default, f.name)}
+        elif value != default:
+            given.add(field.name)
+    return given
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """Move the files of an earlier run into <run_dir>/restarted-<UTC time>/; the folder, or None if none."""
+    present = [name for name in RUN_FILES if os.path.lexists(run_dir / name)]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = run_dir / f"restarted-{stamp}", 1
+    while aside.exists():
+        n += 1
+        aside = run_dir / f"restarted-{stamp}-{n}"
+    aside.mkdir()
+    for name in present:
+        os.replace(run_dir / name, aside / name)
+    return aside
+
+
+def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
+          on_allocated: Callable[[], object] | None = None) -> Path:
     """Train as configured and return the run directory.
 
     A run directory that already holds a checkpoint of the same configuration is resumed: the result
     is bitwise the same as an uninterrupted run on the same machine. ``config.env`` may be an env
-    factory. Process-wide settings (torch's thread count, the allocator) are left to the caller:
-    ``on_allocated`` is called once the replay buffer and the loaded checkpoint exist, where
-    `uld train` tunes glibc's malloc (train/allocator.py).
+    factory. One that holds a run's files
+    but no checkpoint that verifies is refused, never overwritten: `restart` moves its files aside,
+    `trust_checkpoint` continues from a checkpoint whose checksum does not verify.
+
+    Args:
+        config: the options of uld train.
+        explicit: with `config.resume`, the options the command gave (uld train passes those of its
+            command line); a given option that disagrees with the run is refused. None: those that
+            differ from their defaults.
+        on_allocated: called once the replay buffer and the loaded checkpoint exist. Process-wide
+            settings (torch's thread count, the allocator) are left to the caller; `uld train` tunes
+            glibc's malloc here (train/allocator.py).
     """
     if config.resume is not None:
+        stored = read_run_config(config.resume)
+        given = set(explicit) if explicit is not None else _options_given(config)
+        disagreements = resume_disagreements(stored, config, given, RESUMABLE_CHANGES)
+        if disagreements:
+            raise UldError(f"--resume {config.resume}: this command disagrees with the run on "
+                           f"{'; '.join(disagreements)}; drop those options (a resumed run keeps its own), "
+                           "or start a new run with another --out")
         config = config_to_resume(config)
     check_positive(config)
     cfg = config.resolved()
+    check_config(cfg)
+    check_out(cfg.out)
+    if cfg.restart and cfg.trust_checkpoint:
+        raise UldError("--restart and --trust-checkpoint exclude each other; pass one of them")
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
-    checkpointer = Checkpointer(run_dir / "checkpoints")
-    loaded = checkpointer.load_latest()
-    resolved = config_to_dict(cfg)
+    checkpointer = Checkpointer(run_dir / "checkpoints", validate=check_run_state)
+    resolved = config_to_dict(dataclasses.replace(cfg, restart=False, trust_checkpoint=None))
+    start_over = cfg.restart
+    if cfg.restart:
+        loaded = None
+    elif cfg.trust_checkpoint:
+        loaded = checkpointer.load_trusted(cfg.trust_checkpoint)
+    else:
+        checkpointer.check_directory()
+        loaded = checkpointer.load_latest()
+        if loaded is None and checkpointer.holds_files():
+            newest = checkpointer.path(checkpointer.newest_step())
+            raise UldError(f"no checkpoint in {checkpointer.directory} verifies, and starting over would overwrite "
+                           f"the run's results; nothing was changed: continue from one you trust with "
+                           f"--trust-checkpoint {newest}, or pass --restart to move the run's files into "
+                           f"{run_dir}/restarted-<time>/ and start over")
+        # Interrupted before its first checkpoint: nothing can be resumed, so it starts over (its
+        # files are moved aside all the same).
+        start_over = loaded is None
+    stored = None
     if loaded is not None:
-        stored = json.loads((run_dir / "config.json").read_text())
+        if not (run_dir / "config.json").is_file() and not cfg.trust_checkpoint:
+            raise UldError(f"{run_dir} holds checkpoints but no config.json, so this command cannot be checked "
+                           f"against the run; restore it, or continue with the run's options and --trust-checkpoint "
+                           f"{checkpointer.path(loaded[1])}, which writes it again")
+        try:
+            stored = read_run_config(run_dir)
+        except UldError:
+            if not cfg.trust_checkpoint:
+                raise
+    if stored is not None:
         differences = config_differences(stored, resolved)
         if differences:
             raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
                            "use another --out, or the run's own options to resume it")
-    elif (run_dir / "eval.csv").exists():
-        # Interrupted before its first checkpoint: nothing can be resumed, so it starts over.
-        print(f"uld: {run_dir} has no complete checkpoint; starting the run over", file=sys.stderr)
-        (run_dir / "eval.csv").unlink()
-        shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    if loaded is not None and loaded[1] >= cfg.steps:
+    if loaded is not None and loaded[1] >= cfg.steps and not loaded[0]["trainer"].get("evaluation_due", False):
         print(f"uld: {run_dir} already finished {loaded[1]} steps (asked for {cfg.steps}); nothing to do",
               file=sys.stderr)
         return run_dir
 
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100, evaluation=True)
+    check_buffer_memory(cfg, env.spec)
+    aside = move_aside(run_dir) if start_over and run_dir.is_dir() else None
+    if aside is not None:
+        print(f"uld: the earlier files of {run_dir} were moved into {aside}; starting the run over", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    write_atomically(run_dir / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
     seed_everything(cfg.seed)
     agent_config = cfg.agent_config
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
@@ -89,9 +177,13 @@ def train(config: TrainConfig, *, on_allocated: Callable[[], object] | None = No
     trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
                       eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
                       checkpointer=checkpointer, checkpoint_seconds=60 * cfg.checkpoint_minutes,
-                      checkpoint_every=cfg.checkpoint_every)
+                      checkpoint_every=cfg.checkpoint_every, eval_seed=cfg.seed + 100)
     if loaded is not None:
-        trainer.load_state_dict(loaded[0])
+        try:
+            trainer.load_state_dict(loaded[0])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise UldError(f"the checkpoint of step {loaded[1]} in {run_dir} does not fit this run ({error}); "
+                           "pass another with --trust-checkpoint, or --restart to start the run over") from None
         del loaded
     if on_allocated is not None:
         on_allocated()

@@ -24,17 +24,30 @@ class Agent(Protocol):
     def update(self, buffer: ReplayBuffer) -> dict[str, torch.Tensor]: ...
 
 
-def evaluate(agent: Agent, env: Env, episodes: int) -> list[float]:
-    """Undiscounted returns of `episodes` deterministic-policy episodes (spec: Evaluation)."""
+def evaluate(agent: Agent, env: Env, episodes: int, stop=None) -> list[float] | None:
+    """Undiscounted returns of `episodes` deterministic-policy episodes (spec: Evaluation).
+
+    `stop` is called before every env step; when it returns True the evaluation is abandoned and
+    None returned, so that a stop request waits one env step, not a whole evaluation.
+    """
     returns = []
     for _ in range(episodes):
         obs, done, total = env.reset(), False, 0.0
         while not done:
+            if stop is not None and stop():
+                return None
             obs, reward, terminated, truncated, _ = env.step(agent.act(obs, explore=False))
             total += reward
             done = terminated or truncated
         returns.append(total)
     return returns
+
+
+def evaluation_seed(seed: int, step: int) -> int:
+    """The evaluation env's seed for the evaluation at `step`: a function of (seed, step) only, so an
+    evaluation never shifts the randomness of a later one (a run extended after its final evaluation
+    evaluates as a straight run does)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 @dataclass
@@ -46,6 +59,8 @@ class TrainerState:
     episode_return: float = 0.0
     episode_length: int = 0
     wall_seconds: float = 0.0
+    evaluation_due: bool = False
+    """The evaluation of this step was abandoned by a stop request; a resumed run does it first."""
 
 
 class RunInterrupted(UldError):
@@ -70,17 +85,19 @@ class Trainer:
         checkpointer: where checkpoints go (None: no checkpoints).
         checkpoint_seconds: wall-clock seconds between checkpoints (one is also written at the end).
         checkpoint_every: also checkpoint every this many agent steps (None: by time only).
+        eval_seed: the evaluation env is reseeded before each evaluation with evaluation_seed(eval_seed,
+            step) (None: it continues its own random state).
     """
 
     def __init__(self, env: Env, eval_env: Env, agent: Agent, buffer: ReplayBuffer, logger: Logger, *,
                  random_steps: int, eval_every: int, eval_episodes: int, log_every: int = 1000,
                  checkpointer: Checkpointer | None = None, checkpoint_seconds: float = 600.0,
-                 checkpoint_every: int | None = None):
+                 checkpoint_every: int | None = None, eval_seed: int | None = None):
         self.env, self.eval_env, self.agent, self.buffer, self.logger = env, eval_env, agent, buffer, logger
         self.random_steps, self.eval_every, self.eval_episodes = random_steps, eval_every, eval_episodes
-        self.log_every = log_every
+        self.log_every, self.eval_seed = log_every, eval_seed
         self.checkpointer, self.checkpoint_seconds, self.checkpoint_every = checkpointer, checkpoint_seconds, checkpoint_every
-        self.state = TrainerState()
+        self.state = TrainerState(evaluation_due=True)  # a new run evaluates at step 0 first
         self.obs: np.ndarray | None = None
         self.stop_signal: int | None = None  # set by a signal handler; the loop checkpoints and stops
         self._metrics: dict[str, torch.Tensor] = {}
@@ -103,8 +120,24 @@ class Trainer:
         self.obs = self.env.reset()
 
     def _evaluate(self) -> None:
-        returns = evaluate(self.agent, self.eval_env, self.eval_episodes)
-        self.logger.evaluation(self.state.step, returns, self._wall_seconds())
+        """Evaluate at this step; a stop request abandons it, leaving state.evaluation_due set."""
+        self._check_finite(self._metrics)
+        self.state.evaluation_due = True
+        stop = lambda: self.stop_signal is not None  # noqa: E731
+        if self.eval_seed is None:
+            returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=stop)
+        else:
+            # The env and torch (ALM samples its latent when acting) draw from (seed, step) alone; the
+            # training's torch generator is left as it was.
+            seed = evaluation_seed(self.eval_seed, self.state.step)
+            self.eval_env.reseed(seed)
+            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=stop)
+        if returns is not None:
+            self.logger.evaluation(self.state.step, returns, self._wall_seconds())
+            self.state.evaluation_due = False
 
     def _wall_seconds(self) -> float:
         return self.state.wall_seconds + time.perf_counter() - self._started
@@ -114,15 +147,21 @@ class Trainer:
         s = self.state
         self._started = time.perf_counter()
         self._last_checkpoint = time.perf_counter()
-        if s.step == 0:
-            self._evaluate()
         if self.obs is None:
             self._reset()
+        if s.evaluation_due:
+            self._evaluate()
+            if s.step > 0 or self.stop_signal is not None:
+                self._maybe_checkpoint(final=s.step >= total_steps)
         while s.step < total_steps:
             if s.step < self.random_steps:
                 action = self.env.sample_action()
             else:
                 action = self.agent.act(self.obs, explore=True)
+                # Before the env sees it: a simulator fed NaN fails with its own error, or silently.
+                if not np.all(np.isfinite(action)):
+                    self._check_finite(self._metrics)
+                    self._diverged(["the policy's action"])
             next_obs, reward, terminated, truncated, _ = self.env.step(action)
             self._episode_actions.append(action)
             self.buffer.add(self.obs, self._store_action(action), reward, next_obs, terminated, truncated)
@@ -160,10 +199,16 @@ class Trainer:
         self._check_finite(self._metrics)
         self.checkpointer.save(self.state_dict(), self.state.step)
         self._last_checkpoint = time.perf_counter()
-        if self.stop_signal is not None:
+        if self.stop_signal is None or (final and not self.state.evaluation_due):
+            return  # a stop request that arrives once the run is complete has nothing left to stop
+        if self.state.evaluation_due:
             raise RunInterrupted(
-                f"interrupted at step {self.state.step}; a checkpoint was saved: run the same command again, "
-                f"or uld train --resume {self.logger.run_dir}, to continue", 128 + self.stop_signal)
+                f"interrupted during the evaluation at step {self.state.step}; a checkpoint was saved: run the same "
+                f"command again, or uld train --resume {self.logger.run_dir}, to evaluate and continue",
+                128 + self.stop_signal)
+        raise RunInterrupted(
+            f"interrupted at step {self.state.step}; a checkpoint was saved: run the same command again, "
+            f"or uld train --resume {self.logger.run_dir}, to continue", 128 + self.stop_signal)
 
     # ---- checkpoint state ---------------------------------------------------------------------
 
@@ -216,9 +261,12 @@ class Trainer:
         values = {name: float(value) for name, value in metrics.items()}
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:
-            raise UldError(f"training diverged at step {self.state.step}: {', '.join(bad)} became non-finite; "
-                           "the last good checkpoint is kept; lower the learning rates or check the env's rewards")
+            self._diverged(bad)
         return values
+
+    def _diverged(self, names: list[str]) -> None:
+        raise UldError(f"training diverged at step {self.state.step}: {', '.join(names)} became non-finite; "
+                       "the last good checkpoint is kept; lower the learning rates or check the env's rewards")
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         values = self._check_finite(metrics)
