@@ -107,10 +107,10 @@ def check_config(config: Any) -> None:
     check_fields(config)
     if not DEVICE.match(config.device):
         raise UldError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {config.device!r}; pass one of those")
-    agent = getattr(config, config.agent)
+    agent = config.agent_config
     check_fields(agent, prefix=config.agent + ".")
     # The replay must hold at least one whole subsequence of the horizon the losses unroll.
-    horizon = agent.horizon if config.agent == "uld" else agent.seq_len
+    horizon = getattr(agent, "horizon", None) or getattr(agent, "seq_len", 1)
     for name in ("buffer_capacity", "humanoid_buffer_capacity"):
         capacity = getattr(agent, name, None)
         if capacity is not None and capacity <= horizon + 1:
@@ -158,8 +158,13 @@ def check_buffer_memory(config: Any, spec: Any) -> None:
     """
     if spec.pixels:
         return
-    agent = getattr(config, config.agent)
-    capacity = agent.capacity_for(spec.name, config.steps) if config.agent == "alm" else agent.buffer_capacity
+    agent = config.agent_config
+    if hasattr(agent, "capacity_for"):  # ALM sizes its replay by the env and the budget
+        capacity = agent.capacity_for(spec.name, config.steps)
+    else:
+        capacity = getattr(agent, "buffer_capacity", None)
+    if capacity is None:
+        return
     per_slot = 4 * (math.prod(spec.obs_shape) + spec.action_dim) + 40
     needed, available, reserve = capacity * per_slot, _available_memory(), 1 << 30
     if available is not None and needed + reserve > available:
