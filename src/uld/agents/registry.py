@@ -2,8 +2,10 @@
 
 An agent package registers one ``AgentSpec`` (see ``uld/agents/uld/__init__.py``); the trainer, the
 CLI, the sweep and the run directory's config.json then know it by name. The built-in agents are
-registered the first time the registry is read, so that ``import uld`` stays light; a user's agent is
-registered by calling ``register_agent`` before ``uld train`` parses its options.
+registered the first time the registry is read, so that ``import uld`` stays light, and so are the
+modules that installed packages declare under the entry-point group ``uld.agents``: that is how an
+agent of another package reaches the `uld` command (and the `uld train` processes of a sweep). From
+Python, calling ``register_agent`` before training is enough.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from uld.errors import UldError
+from uld.plugins import load_plugins
 
 if TYPE_CHECKING:
     import torch
@@ -140,6 +143,7 @@ def _registry() -> dict[str, AgentSpec]:
         _builtins_loaded = True
         for module in BUILTIN_AGENTS:
             importlib.import_module(module)
+        load_plugins("uld.agents")
     return _AGENTS
 
 
