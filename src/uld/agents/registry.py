@@ -132,8 +132,13 @@ def register_agent(agent: AgentSpec) -> AgentSpec:
         raise TypeError(f"agent {agent.name!r}: config must be a dataclass, got {agent.config!r}")
     if "random_steps" not in {f.name for f in dataclasses.fields(agent.config)}:
         raise TypeError(f"agent {agent.name!r}: its config {agent.config.__name__} needs a random_steps field")
-    _registry()  # the built-ins first, so that they keep their place in the listing
+    _registry()
     _AGENTS[agent.name] = agent
+    # Built-in packages register in whatever order imports run; list them in BUILTIN_AGENTS's, then the rest.
+    rank = {module: i for i, module in enumerate(BUILTIN_AGENTS)}
+    ordered = sorted(_AGENTS.values(), key=lambda known: rank.get(known.build.__module__, len(rank)))
+    _AGENTS.clear()
+    _AGENTS.update((known.name, known) for known in ordered)
     return agent
 
 
