@@ -81,6 +81,7 @@ def measure_run(domain: str, steps: int, updates: int = 50) -> dict:
     import torch
 
     from uld.agents.uld.config import reduced_config
+    from uld.train.allocator import keep_freed_memory
     from uld.train.run import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -89,7 +90,7 @@ def measure_run(domain: str, steps: int, updates: int = 50) -> dict:
                              progress=False, small=True,
                              uld=reduced_config(buffer_capacity=steps + 10, random_steps=steps - updates))
         start = time.perf_counter()
-        train(config)
+        train(config, on_allocated=keep_freed_memory)  # as `uld train` does
     return {"steps": steps, "seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_bytes() / 1e9}
 
 

@@ -151,8 +151,9 @@ def test_classifier_sees_real_next_latents_first_and_model_samples_second() -> N
     seen = {}
     agent.classifier.register_forward_hook(lambda module, args, out: seen.setdefault("next_z", args[2]))
     obs, action = torch.randn(6, 5), torch.rand(6, 2) * 2 - 1
-    losses.reward_classifier_loss(agent.encoder_target, agent.model, agent.reward, agent.classifier,
-                                  obs, action, torch.zeros(6), torch.randn(6, 5))
+    losses.reward_classifier_loss(encoder_target=agent.encoder_target, model=agent.model, reward=agent.reward,
+                                  classifier=agent.classifier, obs=obs, action=action, reward_target=torch.zeros(6),
+                                  next_obs=torch.randn(6, 5))
     next_z, mean = seen["next_z"], 30 * math.tanh(20 / 30)  # the head's mean of a raw 20
     assert torch.all((next_z[:3] - mean).abs() < 1.0)
     assert torch.all((next_z[3:] + mean).abs() < 1.0)
@@ -193,8 +194,9 @@ def agent_and_batches():
 def test_model_loss_trains_encoder_and_model_only(agent_and_batches) -> None:
     agent, seq, _ = agent_and_batches
     touched = grads_after(agent, lambda: losses.model_loss(
-        agent.encoder, agent.encoder_target, agent.model, agent.reward, agent.critic, agent.actor,
-        seq.obs, seq.action, seq.terminated, std=0.5, clip=0.3))
+        encoder=agent.encoder, encoder_target=agent.encoder_target, model=agent.model, reward=agent.reward,
+        critic=agent.critic, actor=agent.actor, obs=seq.obs, action=seq.action, terminated=seq.terminated, std=0.5,
+        clip=0.3))
     expect_only(touched, "encoder", "model")
     assert all(p.requires_grad for p in agent.reward.parameters())  # frozen only while the graph was built
     assert all(p.requires_grad for p in agent.critic.parameters())
@@ -215,24 +217,25 @@ def test_frozen_networks_pass_gradient_to_their_inputs_not_their_parameters(agen
 def test_reward_classifier_loss_trains_reward_and_classifier_only(agent_and_batches) -> None:
     agent, _, tr = agent_and_batches
     touched = grads_after(agent, lambda: losses.reward_classifier_loss(
-        agent.encoder_target, agent.model, agent.reward, agent.classifier,
-        tr.obs[:, 0], tr.action[:, 0], tr.reward[:, 0], tr.obs[:, 1]))
+        encoder_target=agent.encoder_target, model=agent.model, reward=agent.reward, classifier=agent.classifier,
+        obs=tr.obs[:, 0], action=tr.action[:, 0], reward_target=tr.reward[:, 0], next_obs=tr.obs[:, 1]))
     expect_only(touched, "reward", "classifier")
 
 
 def test_critic_loss_trains_critic_only(agent_and_batches) -> None:
     agent, _, tr = agent_and_batches
     touched = grads_after(agent, lambda: losses.critic_loss(
-        agent.encoder_target, agent.critic, agent.critic_target, agent.actor, tr.obs[:, 0], tr.action[:, 0],
-        tr.reward[:, 0], tr.terminated[:, 0], tr.obs[:, 1], std=0.5, clip=0.3, discount=0.99))
+        encoder_target=agent.encoder_target, critic=agent.critic, critic_target=agent.critic_target, actor=agent.actor,
+        obs=tr.obs[:, 0], action=tr.action[:, 0], reward=tr.reward[:, 0], terminated=tr.terminated[:, 0],
+        next_obs=tr.obs[:, 1], std=0.5, clip=0.3, discount=0.99))
     expect_only(touched, "critic")
 
 
 def test_actor_loss_trains_actor_only_through_frozen_model_reward_classifier_critic(agent_and_batches) -> None:
     agent, _, tr = agent_and_batches
     touched = grads_after(agent, lambda: losses.actor_loss(
-        agent.encoder_target, agent.model, agent.reward, agent.classifier, agent.critic, agent.actor,
-        tr.obs[:, 0], std=0.5, clip=0.3, discount=0.99, td_lambda=0.95, horizon=3, classifier_weight=0.1))
+        encoder_target=agent.encoder_target, model=agent.model, reward=agent.reward, classifier=agent.classifier,
+        critic=agent.critic, actor=agent.actor, obs=tr.obs[:, 0], std=0.5, clip=0.3, discount=0.99, td_lambda=0.95, horizon=3, classifier_weight=0.1))
     expect_only(touched, "actor")
     for name in ("model", "reward", "classifier", "critic"):
         assert all(p.requires_grad for p in getattr(agent, name).parameters())
@@ -249,8 +252,9 @@ def test_model_loss_ignores_steps_after_a_terminal() -> None:
     values = []
     for o, a in ((obs, action), (other_obs, other_action)):
         torch.manual_seed(0)
-        loss, _ = losses.model_loss(agent.encoder, agent.encoder_target, agent.model, agent.reward, agent.critic,
-                                    agent.actor, o, a, terminated, std=0.5, clip=0.3)
+        loss, _ = losses.model_loss(encoder=agent.encoder, encoder_target=agent.encoder_target, model=agent.model,
+                                    reward=agent.reward, critic=agent.critic, actor=agent.actor, obs=o, action=a,
+                                    terminated=terminated, std=0.5, clip=0.3)
         values.append(loss.item())
     assert values[0] == pytest.approx(values[1], abs=1e-6)
 

@@ -221,3 +221,19 @@ def test_a_run_written_in_todays_format_resumes_exactly(tmp_path):
     assert [(r["step"], r["returns"]) for r in old] == [(r["step"], r["returns"]) for r in straight]
     rewritten = json.loads(path.read_text())
     assert "alm" not in rewritten and rewritten["uld"]["batch_size"] == 16
+
+
+def test_installed_packages_reach_the_registries_through_entry_points(monkeypatch):
+    import sys
+    from importlib.metadata import EntryPoint
+
+    import uld.plugins
+
+    declared = {"uld.agents": [EntryPoint(name="corridor", value="example_env", group="uld.agents")],
+                "uld.envs": [EntryPoint(name="broken", value="no_such_module", group="uld.envs")]}
+    monkeypatch.setattr(uld.plugins, "entry_points", lambda group: declared[group])
+    monkeypatch.delitem(sys.modules, "example_env", raising=False)
+    uld.plugins.load_plugins("uld.agents")
+    assert "example_env" in sys.modules  # imported: its registrations ran
+    with pytest.raises(UldError, match=r"the uld.envs plugin broken \(no_such_module\) failed to load"):
+        uld.plugins.load_plugins("uld.envs")

@@ -2,8 +2,10 @@
 
 An agent package registers one ``AgentSpec`` (see ``uld/agents/uld/__init__.py``); the trainer, the
 CLI, the sweep and the run directory's config.json then know it by name. The built-in agents are
-registered the first time the registry is read, so that ``import uld`` stays light; a user's agent is
-registered by calling ``register_agent`` before ``uld train`` parses its options.
+registered the first time the registry is read, so that ``import uld`` stays light, and so are the
+modules that installed packages declare under the entry-point group ``uld.agents``: that is how an
+agent of another package reaches the `uld` command (and the `uld train` processes of a sweep). From
+Python, calling ``register_agent`` before training is enough.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from uld.errors import UldError
+from uld.plugins import load_plugins
 
 if TYPE_CHECKING:
     import torch
@@ -129,8 +132,13 @@ def register_agent(agent: AgentSpec) -> AgentSpec:
         raise TypeError(f"agent {agent.name!r}: config must be a dataclass, got {agent.config!r}")
     if "random_steps" not in {f.name for f in dataclasses.fields(agent.config)}:
         raise TypeError(f"agent {agent.name!r}: its config {agent.config.__name__} needs a random_steps field")
-    _registry()  # the built-ins first, so that they keep their place in the listing
+    _registry()
     _AGENTS[agent.name] = agent
+    # Built-in packages register in whatever order imports run; list them in BUILTIN_AGENTS's, then the rest.
+    rank = {module: i for i, module in enumerate(BUILTIN_AGENTS)}
+    ordered = sorted(_AGENTS.values(), key=lambda known: rank.get(known.build.__module__, len(rank)))
+    _AGENTS.clear()
+    _AGENTS.update((known.name, known) for known in ordered)
     return agent
 
 
@@ -140,6 +148,7 @@ def _registry() -> dict[str, AgentSpec]:
         _builtins_loaded = True
         for module in BUILTIN_AGENTS:
             importlib.import_module(module)
+        load_plugins("uld.agents")
     return _AGENTS
 
 

@@ -3,7 +3,8 @@
 A domain module (gym.py, dmc.py, atari.py, python.py) registers a ``Domain`` for each prefix it serves;
 ``make_env("<prefix>:<id>", seed)`` then makes its envs, and its protocol, reference-curve names,
 score normalization and report title come from that one entry. The built-in domains are registered
-the first time the registry is read; their libraries are imported only when an env is made.
+the first time the registry is read, and so are the modules installed packages declare under the
+entry-point group ``uld.envs``; their libraries are imported only when an env is made.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from uld.envs.protocol import Protocol
+from uld.plugins import load_plugins
 
 if TYPE_CHECKING:
     from uld.envs.base import Env
@@ -88,6 +90,7 @@ def _registry() -> dict[str, Domain]:
         _builtins_loaded = True
         for module in BUILTIN_DOMAINS:
             importlib.import_module(module)
+        load_plugins("uld.envs")
     return _DOMAINS
 
 

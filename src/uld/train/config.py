@@ -108,7 +108,7 @@ def _accept_agent_sections(init):
         unknown = [name for name in sections if name not in agent_names()]
         if unknown:
             raise TypeError(f"TrainConfig got an unexpected keyword argument {unknown[0]!r}")
-        agent = kwargs.get("agent", DEFAULT_AGENT)
+        agent = kwargs.get("agent", args[0] if args else DEFAULT_AGENT)
         if agent in sections and kwargs.get("agent_config") is None:
             kwargs["agent_config"] = sections[agent]
         init(self, *args, **kwargs)

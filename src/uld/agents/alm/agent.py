@@ -114,28 +114,34 @@ class ALMAgent:
         metrics: dict[str, Tensor] = {}
 
         with self._autocast():
-            loss, m = losses.model_loss(self.encoder, self.encoder_target, self.model, self.reward, self.critic,
-                                        self.actor, sequences.obs, sequences.action, sequences.terminated,
-                                        std, cfg.noise_clip)
+            loss, m = losses.model_loss(encoder=self.encoder, encoder_target=self.encoder_target, model=self.model,
+                                        reward=self.reward, critic=self.critic, actor=self.actor, obs=sequences.obs,
+                                        action=sequences.action, terminated=sequences.terminated, std=std,
+                                        clip=cfg.noise_clip)
         metrics.update(m)
         metrics["model/grad_norm"] = self._step(self.model_optimizer, loss)
 
         with self._autocast():
-            loss, m = losses.reward_classifier_loss(self.encoder_target, self.model, self.reward, self.classifier,
-                                                    obs, action, reward, next_obs)
+            loss, m = losses.reward_classifier_loss(encoder_target=self.encoder_target, model=self.model,
+                                                    reward=self.reward, classifier=self.classifier, obs=obs,
+                                                    action=action, reward_target=reward, next_obs=next_obs)
         metrics.update(m)
         metrics["reward/grad_norm"] = self._step(self.reward_optimizer, loss)
 
         with self._autocast():
-            loss, m = losses.critic_loss(self.encoder_target, self.critic, self.critic_target, self.actor,
-                                         obs, action, reward, terminated, next_obs, std, cfg.noise_clip, cfg.discount)
+            loss, m = losses.critic_loss(encoder_target=self.encoder_target, critic=self.critic,
+                                         critic_target=self.critic_target, actor=self.actor, obs=obs, action=action,
+                                         reward=reward, terminated=terminated, next_obs=next_obs, std=std,
+                                         clip=cfg.noise_clip, discount=cfg.discount)
         metrics.update(m)
         metrics["critic/grad_norm"] = self._step(self.critic_optimizer, loss)
 
         with self._autocast():
-            loss, m = losses.actor_loss(self.encoder_target, self.model, self.reward, self.classifier, self.critic,
-                                        self.actor, obs, std, cfg.noise_clip, cfg.discount, cfg.td_lambda,
-                                        cfg.seq_len, cfg.classifier_weight)
+            loss, m = losses.actor_loss(encoder_target=self.encoder_target, model=self.model, reward=self.reward,
+                                        classifier=self.classifier, critic=self.critic, actor=self.actor, obs=obs,
+                                        std=std, clip=cfg.noise_clip, discount=cfg.discount,
+                                        td_lambda=cfg.td_lambda, horizon=cfg.seq_len,
+                                        classifier_weight=cfg.classifier_weight)
         metrics.update(m)
         metrics["actor/grad_norm"] = self._step(self.actor_optimizer, loss)
 

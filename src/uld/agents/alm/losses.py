@@ -56,6 +56,7 @@ def classifier_labels(batch_size: int, device: torch.device | str = "cpu") -> Te
 
 
 def model_loss(
+    *,
     encoder: Encoder,
     encoder_target: Encoder,
     model: LatentModel,
@@ -102,6 +103,7 @@ def model_loss(
 
 
 def reward_classifier_loss(
+    *,
     encoder_target: Encoder,
     model: LatentModel,
     reward: Reward,
@@ -135,6 +137,7 @@ def reward_classifier_loss(
 
 
 def critic_loss(
+    *,
     encoder_target: Encoder,
     critic: Critic,
     critic_target: Critic,
@@ -164,6 +167,7 @@ def critic_loss(
 
 
 def actor_loss(
+    *,
     encoder_target: Encoder,
     model: LatentModel,
     reward: Reward,

@@ -71,7 +71,7 @@ class ULDConfig:
     pixel_augmentation: bool = True
     """pixels / DrQ shift augmentation (replicate-pad 4, random integer shift per image)."""
 
-    # Switches of MR.Q's design study (issue 8). The defaults are the published algorithm; 1-step
+    # Switches of MR.Q's design study (uld sweep --design-study). The defaults are the published algorithm; 1-step
     # returns and no unroll are q_horizon=1 and enc_horizon=1.
     value_model: Literal["mlp", "linear"] = "mlp"
     """design study / value function: the spec's MLP heads, or linear in zsa."""
