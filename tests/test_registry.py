@@ -160,9 +160,8 @@ def test_the_options_offered_are_the_chosen_agents_only(capsys):
     assert parse_train_args(["--agent=alm", "--alm.batch-size", "7"]).agent_config == ALMConfig(batch_size=7)
     config = parse_train_args(["--uld.batch-size", "9", "--small"])
     assert config.agent_config == reduced_config(batch_size=9) and config.uld is config.agent_config
-    with pytest.raises(SystemExit):
+    with pytest.raises(UldError, match="Unrecognized options: --uld.batch-size"):
         parse_train_args(["--agent", "alm", "--uld.batch-size", "9"])
-    assert "--uld.batch-size" in capsys.readouterr().err
     with pytest.raises(UldError, match="unknown agent 'almm'; did you mean alm?"):
         parse_train_args(["--agent", "almm"])
 

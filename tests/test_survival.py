@@ -535,9 +535,9 @@ def test_torch_is_required_at_a_version_whose_weights_only_loading_holds():
 
 
 def test_config_dataclass_round_trip_refuses_a_nested_section_of_the_wrong_kind():
-    from uld.train.config import config_from_dict
+    from uld.train.config import config_from_dict, config_to_dict
 
-    data = dataclasses.asdict(TrainConfig())
+    data = config_to_dict(TrainConfig())
     assert config_from_dict(data) == TrainConfig()
     data["uld"] = [1, 2]
     with pytest.raises(UldError, match="not a mapping of options"):
