@@ -18,6 +18,7 @@ commands:
   suites   list the benchmark suites and their budgets (uld suites [SUITE] lists a suite's envs)
   sweep    train every task and seed of a suite, here or on a Ray cluster (uld sweep --help)
   report   aggregate metrics, learning curves and report.md for a sweep (uld report --help)
+  export   write a run's deterministic policy as a standalone ONNX or TorchScript model (uld export --help)
 """
 
 
@@ -94,8 +95,27 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Write a run's deterministic policy (encoder included; observation in, action out) as a model that
+    runs without uld: ONNX (.onnx, with onnxruntime) or TorchScript (.pt, with torch.jit.load)."""
+
+    run_dir: tyro.conf.Positional[str]
+    """The run directory written by uld train (its newest checkpoint is exported)."""
+    out: str = "policy.onnx"
+    """The model file: .onnx or .pt."""
+
+
+def _export(argv: list[str]) -> int:
+    from uld.train.export import export_policy
+
+    config = tyro.cli(ExportConfig, args=argv, prog="uld export", description=ExportConfig.__doc__)
+    print(f"policy: {export_policy(config.run_dir, config.out)}")
+    return 0
+
+
 COMMANDS = {"train": _train, "eval": _eval, "theory": _theory, "suites": _suites, "sweep": _sweep,
-            "report": _report}
+            "report": _report, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:
