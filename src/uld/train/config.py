@@ -44,6 +44,10 @@ class TrainConfig:
     """Show a progress bar."""
     log_every: int = 1000
     """Agent steps between training-metric records in TensorBoard."""
+    wandb: bool = False
+    """Also log the config, evaluations and training metrics to Weights & Biases (pip install 'uld[wandb]'); a resumed run continues its W&B run."""
+    wandb_project: str = "uld"
+    """The W&B project of --wandb."""
     small: bool = False
     """Start from the reduced-size agent (ULD: 128-wide networks, batch 64, 1k random steps; ALM likewise): same algorithm, quick on a CPU."""
     checkpoint_minutes: float = 10.0
@@ -87,7 +91,7 @@ def check_positive(config: TrainConfig) -> None:
 # Options that may change between the start of a run and its resumption; every other one is part of
 # what the run is, and a command that disagrees with the run directory on it is refused.
 RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "threads", "progress", "checkpoint_minutes",
-                     "checkpoint_every")
+                     "checkpoint_every", "wandb", "wandb_project")
 
 
 def config_from_dict(data: dict) -> TrainConfig:
@@ -107,6 +111,8 @@ def config_to_resume(config: TrainConfig) -> TrainConfig:
                        "that uld train wrote")
     base = config_from_dict(json.loads(stored.read_text()))
     from_command = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name not in ("steps", "out", "resume")}
+    if base.wandb and not config.wandb:  # a run that logged to W&B goes on logging to the same W&B run
+        from_command.update(wandb=True, wandb_project=base.wandb_project)
     return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps, **from_command)
 
 

@@ -85,7 +85,12 @@ def train(config: TrainConfig) -> Path:
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
                                 seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
     start_step = loaded[1] if loaded is not None else 0
-    logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress)
+    sinks = []
+    if cfg.wandb:
+        from uld.train.wandb_sink import WandbSink
+
+        sinks.append(WandbSink(run_dir, cfg.wandb_project, resolved, name=f"{cfg.agent} {cfg.env} seed {cfg.seed}"))
+    logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress, sinks=sinks)
     trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
                       eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
                       checkpointer=checkpointer, checkpoint_seconds=60 * cfg.checkpoint_minutes,
