@@ -153,8 +153,12 @@ def test_exported_models_run_without_uld(runs, tmp_path):
     np.testing.assert_allclose(actions[1], expected, atol=1e-5)
 
 
-def test_export_errors_are_one_sentence(runs, tmp_path, capsys):
+def test_export_errors_are_one_sentence(runs, tmp_path, capsys, monkeypatch):
     assert main(["export", str(runs["vector"]), "--out", str(tmp_path / "policy.h5")]) == 2
     assert "must end in .onnx (ONNX) or .pt (TorchScript)" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "policy.onnx")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the export extra were not installed
+    assert main(["export", str(runs["vector"]), "--out", str(tmp_path / "policy.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "uld: exporting to ONNX needs onnx and onnxscript: pip install 'uld[export]'"

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Annotated
 
 import tyro
 
@@ -97,10 +98,9 @@ def _report(argv: list[str]) -> int:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Write a run's deterministic policy (encoder included; observation in, action out) as a model that
-    runs without uld: ONNX (.onnx, with onnxruntime) or TorchScript (.pt, with torch.jit.load)."""
+    """Write a run's deterministic policy, encoder included, as a model that runs without uld: ONNX (.onnx) or TorchScript (.pt)."""
 
-    run_dir: tyro.conf.Positional[str]
+    run_dir: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="RUN_DIR")]]
     """The run directory written by uld train (its newest checkpoint is exported)."""
     out: str = "policy.onnx"
     """The model file: .onnx or .pt."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -128,13 +129,16 @@ def _export_onnx(module: nn.Module, example: Tensor, out: Path, metadata: str) -
     except ImportError as error:
         raise UldError("exporting to ONNX needs onnx and onnxscript: pip install 'uld[export]'") from error
     batch = torch.export.Dim("batch", min=1)
-    # The exporter warns about every torchvision op it cannot register; a policy uses none of them.
+    # The exporter warns about every torchvision op it cannot register (a policy uses none of them), and
+    # torch.export about its own deprecations: none of it concerns the user.
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)
     try:
-        program = torch.onnx.export(module, (example,), input_names=["obs"], output_names=["action"],
-                                    dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(module, (example,), input_names=["obs"], output_names=["action"],
+                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
     finally:
         exporter_log.setLevel(level)
     model = program.model_proto
