@@ -122,9 +122,14 @@ def test_curves_are_clipped_to_the_sweeps_budget_unless_full_range(sweep):
     fig = curve_figure("Dmc-cheetah-run", sources, budget=1500, reps=50, seed=0)
     ax = fig.axes[0]
     assert ax.get_xlim() == (0.0, 1500.0)
-    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[0, 500, 1000, 1500], [0, 1000]]
+    # The reference's evaluations up to the budget (0 and 1,000), its last one held to the right edge.
+    sweep_line, reference_line = ax.get_lines()
+    assert list(sweep_line.get_xdata()) == [0, 500, 1000, 1500]
+    assert list(reference_line.get_xdata()) == [0, 1000, 1500]
+    assert list(reference_line.get_ydata()) == pytest.approx([10.0, 200.0, 200.0])
+    assert reference_line.get_drawstyle() == "steps-post"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == \
-        ["this sweep: mean of 2 seeds, 95% CI", "reference (mrq): mean of 3 seeds, 95% CI"]
+        ["this sweep: mean of 2 seeds, 95% CI", "reference (mrq): mean of 3 seeds, 95% CI, at or below each step"]
     assert "1,500 steps" in ax.get_title()
     plt.close(fig)
 

@@ -185,28 +185,40 @@ def steps_label(step: float, _position=None) -> str:
 
 def curve_figure(env: str, curves: dict[str, Curves], budget: int, reps: int, seed: int, full_range: bool = False):
     """The figure of one task's learning curves: mean return over seeds with its 95% bootstrap band,
-    for this sweep (the first source) and the reference. The x axis spans the sweep's budget, and the
-    reference is clipped to it, unless `full_range`, which shows every source's whole curve."""
+    for this sweep (the first source) and the reference.
+
+    The x axis spans the sweep's budget and the reference is clipped to it, unless `full_range`, which
+    shows every source's whole curve. The reference is drawn as steps: at each step, the value of its
+    evaluation at or below that step, which is what the sweep's evaluation there is compared with,
+    held to the right edge when its last evaluation comes earlier.
+    """
     from matplotlib.ticker import FuncFormatter
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    right = budget
-    for (label, source), color in zip(curves.items(), ("tab:blue", "tab:gray")):
-        if env not in source.returns:
-            continue
-        steps, table = source.table(env)
-        if not full_range:
-            keep = steps <= budget
-            steps, table = steps[keep], table[:, keep]
-        if steps.size == 0:
-            continue
-        right = max(right, int(steps[-1]))
+    tables = {}
+    for label, source in curves.items():
+        if env in source.returns:
+            steps, table = source.table(env)
+            keep = steps <= budget if not full_range else np.ones_like(steps, dtype=bool)
+            if keep.any():
+                tables[label] = steps[keep], table[:, keep]
+    right = max([budget] + [int(steps[-1]) for steps, _ in tables.values()]) if full_range else budget
+    for index, (label, (steps, table)) in enumerate(tables.items()):
         mean, low, high = curve_with_ci(table, reps=reps, seed=seed)
-        ax.plot(steps, mean, color=color, linewidth=2, marker="o" if steps.size <= 20 else None, markersize=4,
-                label=f"{label}: mean of {_count(table.shape[0], 'seed')}, 95% CI")
-        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
-    ax.set_xlim(0, right if full_range else budget)
+        seeds = f"mean of {_count(table.shape[0], 'seed')}, 95% CI"
+        if index == 0:
+            ax.plot(steps, mean, color="tab:blue", linewidth=2, marker="o" if steps.size <= 20 else None,
+                    markersize=4, clip_on=False, label=f"{label}: {seeds}", zorder=3)
+            ax.fill_between(steps, low, high, color="tab:blue", alpha=0.2, linewidth=0)
+            continue
+        if steps[-1] < right:  # hold the last evaluation to the right edge
+            steps, mean, low, high = (np.append(x, x[-1]) for x in (steps, mean, low, high))
+            steps[-1] = right
+        ax.plot(steps, mean, color="tab:gray", linewidth=2, drawstyle="steps-post", clip_on=False,
+                label=f"{label}: {seeds}, at or below each step")
+        ax.fill_between(steps, low, high, color="tab:gray", alpha=0.2, linewidth=0, step="post")
+    ax.set_xlim(0, right)
     ax.xaxis.set_major_formatter(FuncFormatter(steps_label))
     shown = "full range" if full_range else f"up to the sweep's budget of {budget:,} steps"
     ax.set_title(f"{env} ({shown})", fontsize=12)
@@ -214,7 +226,7 @@ def curve_figure(env: str, curves: dict[str, Curves], budget: int, reps: int, se
     ax.set_ylabel("evaluation return", fontsize=12)
     ax.tick_params(labelsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=10, loc="best")
+    ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
     return fig
 
