@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from uld.analysis.compare import compare_curve, step_at_or_below, verdict, verdict_counts
-from uld.analysis.report import Curves, ReportConfig, curve_figure, load_tidy, steps_label, write_report
+from uld.analysis.plots import curve_figure, steps_label
+from uld.analysis.report import Curves, ReportConfig, load_tidy, write_report
 
 # The reference: 3 seeds of cheetah-run and 2 of walker-walk, evaluated at steps 0, 1,000 and 2,000.
 REFERENCE = {
