@@ -8,6 +8,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def wandb_records(path: Path):
             i += BLOCK - i % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[i:i + 7])
-        if kind == 0:
+        if kind == 0 or i + 7 + length > len(data):  # the end, or a record still being written
             break
         pending += data[i + 7:i + 7 + length]
         i += 7 + length
@@ -47,11 +48,21 @@ def wandb_records(path: Path):
             yield record
 
 
-def offline_run(wandb_dir: Path, index: int) -> tuple[dict, list[dict]]:
-    """The run record (id, project, config) and the history rows of the index-th offline run."""
-    [path] = (sorted((wandb_dir / "wandb").glob("offline-run-*"))[index]).glob("run-*.wandb")
+def offline_run(wandb_dir: Path, index: int, wait_seconds: float = 60.0) -> tuple[dict, list[dict]]:
+    """The run record (id, project, config) and the history rows of the index-th offline run.
+
+    W&B's service process writes the file; run.finish() can return before the last of it reaches the
+    disk, so this waits for the run's exit record.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        [path] = (sorted((wandb_dir / "wandb").glob("offline-run-*"))[index]).glob("run-*.wandb")
+        records = list(wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     run, history = {}, []
-    for record in wandb_records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = {"id": record.run.run_id, "project": record.run.project,
