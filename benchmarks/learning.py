@@ -7,14 +7,15 @@ checkpoint when the command is run again) (runs in parallel get one torch thread
 each, since two 2-thread processes on a 2-core CPU slow matmuls by an order of magnitude). Existing
 run directories that already reached --steps are not retrained, so the comparison can be re-printed
 with the same command. The reference is ../shared/reference/mrq (10 seeds per task, evaluations every
-5,000 steps): for each evaluation step the table shows our mean over seeds next to the reference
-mean, standard deviation and min-max, and where ours falls among the reference seeds.
+5,000 steps): for each evaluation step the table shows our mean over seeds next to the reference's
+evaluation at that step (or its nearest one below), its mean, standard deviation and min-max, where
+ours falls among the reference seeds, and the verdict (within the reference's seed range, above or
+below). The comparison is uld.analysis.compare, the one `uld report` makes.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -22,26 +23,18 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from uld.analysis.compare import compare_curve, describe_counts, verdict_counts
+from uld.analysis.report import load_tidy
+from uld.analysis.suites import reference_name
 from uld.train.logger import read_eval_csv
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mrq"
 
 
-def reference_name(env: str) -> str:
-    """uld env name -> the reference files' name (dmc:cheetah-run -> Dmc-cheetah-run)."""
-    domain, _, rest = env.partition(":")
-    prefix = {"gym": "Gym-", "dmc": "Dmc-", "dmc-pixels": "Dmc-visual-", "atari": "Atari-"}[domain]
-    return prefix + rest + ("-v5" if domain == "atari" else "")
-
-
 def load_reference(directory: Path) -> dict[str, dict[int, list[float]]]:
-    """env -> step -> returns over seeds, from every tidy CSV in the directory."""
-    table: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(directory.glob("*.csv")):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                table[row["env"]][int(row["step"])].append(float(row["return"]))
-    return table
+    """env -> step -> returns over seeds, from every tidy CSV under the directory."""
+    curves = load_tidy(directory)
+    return {env: curves.by_step(env) for env in curves.returns}
 
 
 def run_dir(out: Path, env: str, seed: int) -> Path:
@@ -96,15 +89,22 @@ def reference_cells(mine: float, theirs: list[float] | None) -> str:
 
 def compare(envs: list[str], seeds: list[int], out: Path, reference: Path) -> str:
     ref = load_reference(reference)
-    lines = ["| env | step | ours (mean over seeds) | ours per seed | ref mean | ref std | ref min | ref max | ref seeds below ours |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| env | step | ours (mean over seeds) | ours per seed | ref step | ref mean | ref std | ref min | ref max "
+             "| ref seeds below ours | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    counts = []
     for env in envs:
         ours = returns_by_step(out, env, seeds)
-        ref_env = ref.get(reference_name(env), {})
+        comparisons = {c.step: c for c in compare_curve({step: statistics.fmean(v) for step, v in ours.items()},
+                                                         ref.get(reference_name(env), {}))}
+        counts += comparisons.values()
         for step in sorted(ours):
             mine = statistics.fmean(ours[step])
+            c = comparisons.get(step)
             lines.append(f"| {env} | {step} | {mine:.1f} | {per_seed(ours[step])} | "
-                         f"{reference_cells(mine, ref_env.get(step))} |")
+                         + (f"{c.reference_step} | {reference_cells(mine, list(c.reference))} | {c.verdict} |" if c
+                            else f"– | {reference_cells(mine, None)} | – |"))
+    lines.append(f"\nAgainst the reference's seed range at equal steps: {describe_counts(verdict_counts(counts))}.")
     return "\n".join(lines)
 
 

@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 import torch
-
 from floor import RecordKernels  # the floor: the step's convolutions and GEMMs alone (benchmarks/floor.py)
 from update_speed import end_to_end  # the training loop, timed (shared with the other speed benchmarks)
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import RecordKernels  # noqa: E402  (the GEMM floor, shared with the other speed benchmarks)
 from update_speed import end_to_end, fill  # noqa: E402  (shared with the update benchmark)
 
+
 def collection_rate(env_name: str, steps: int) -> tuple[float, float]:
     """(bare env steps/s, env + sample_action + buffer.add steps/s) with random actions."""
     env = make_env(env_name, seed=0)

@@ -21,7 +21,6 @@ import statistics
 import time
 
 import torch
-
 from floor import RecordKernels  # the GEMM floor (benchmarks/floor.py)
 
 from uld.agents import build_agent

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q "torch==2.13.0"
-python3 -m pip install -q -e ".[dev,video,atari,sweep,report]"
+python3 -m pip install -q -e ".[dev,video,atari,sweep,report,wandb,export]"

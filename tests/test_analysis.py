@@ -156,7 +156,8 @@ def test_report_writes_results_plots_and_markdown(tmp_path):
     for image in ("dmc-aggregates.png", "dmc-profile.png", "curves/Dmc-cheetah-run.png", "curves/Gym-Pendulum-v1.png"):
         assert f"]({image})" in text
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "gym-aggregates.png" not in text  # Pendulum has no finished seed: no aggregates
+    # Pendulum's only run stopped at step 10: its aggregates are at that step, the last one it has.
+    assert "1 task × 1 seed (0) at step 10." in text and "| Gym-Pendulum-v1 | 1 | 10 | -1200.0 [" in text
 
 
 def test_report_of_an_empty_directory_is_a_user_error(tmp_path, capsys):

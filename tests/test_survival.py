@@ -6,7 +6,6 @@ Each test reproduces one fault or bad input of the issue through the real `train
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Annotated
 
 import tyro
 
@@ -18,6 +19,7 @@ commands:
   suites   list the benchmark suites and their budgets (uld suites [SUITE] lists a suite's envs)
   sweep    train every task and seed of a suite, here or on a Ray cluster (uld sweep --help)
   report   aggregate metrics, learning curves and report.md for a sweep (uld report --help)
+  export   write a run's deterministic policy as a standalone ONNX or TorchScript model (uld export --help)
 """
 
 
@@ -55,7 +57,6 @@ class EvalConfig:
 
 def _eval(argv: list[str]) -> int:
     from uld.train.playback import evaluate_run, summary
-
     from uld.train.validation import parse_options
 
     config = parse_options(EvalConfig, argv, "uld eval", description=EvalConfig.__doc__)
@@ -84,7 +85,6 @@ def _suites(argv: list[str]) -> int:
 
 def _sweep(argv: list[str]) -> int:
     from uld.analysis.sweep import SweepConfig, run_sweep
-
     from uld.train.validation import parse_options
 
     config, train_args = parse_options(SweepConfig, argv, "uld sweep", return_unknown_args=True)
@@ -93,7 +93,6 @@ def _sweep(argv: list[str]) -> int:
 
 def _report(argv: list[str]) -> int:
     from uld.analysis.report import ReportConfig, write_report
-
     from uld.train.validation import parse_options
 
     config = parse_options(ReportConfig, argv, "uld report")
@@ -110,8 +109,27 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Write a run's deterministic policy, encoder included, as a model that runs without uld: ONNX (.onnx) or
+    TorchScript (.pt)."""
+
+    run_dir: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="RUN_DIR")]]
+    """The run directory written by uld train (its newest checkpoint is exported)."""
+    out: str = "policy.onnx"
+    """The model file: .onnx or .pt."""
+
+
+def _export(argv: list[str]) -> int:
+    from uld.train.export import export_policy
+
+    config = tyro.cli(ExportConfig, args=argv, prog="uld export", description=ExportConfig.__doc__)
+    print(f"policy: {export_policy(config.run_dir, config.out)}")
+    return 0
+
+
 COMMANDS = {"train": _train, "eval": _eval, "theory": _theory, "suites": _suites, "sweep": _sweep,
-            "report": _report}
+            "report": _report, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 Results use the tidy format of the published curves (shared/reference/README.md): one row per
 (env, step, seed) with the evaluation's mean return, env named as there (``Dmc-cheetah-run``).
+A reference is compared at the sweep's own steps (analysis/compare.py, docs/benchmarks.md "Equal budgets").
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from uld.analysis.metrics import (CONFIDENCE, Interval, Normalization, aggregate_metrics, aggregate_names,
-                                  curve_with_ci, normalization_for, performance_profile)
+from uld.analysis.compare import (StepComparison, compare_curve, describe_counts, step_at_or_below,
+                                  verdict_counts)
+from uld.analysis.metrics import (CONFIDENCE, Normalization, aggregate_metrics, aggregate_names, curve_with_ci,
+                                  normalization_for)
+from uld.analysis.plots import plot_aggregates, plot_curve, plot_profiles
 from uld.analysis.suites import env_from_reference_name, reference_name
 from uld.envs.protocol import domain_of
 from uld.envs.registry import find_domain
@@ -49,6 +53,8 @@ class ReportConfig:
     """Bootstrap resamples per confidence interval."""
     seed: int = 0
     """Seed of the bootstrap (the same seed gives the same intervals)."""
+    full_range: bool = False
+    """Plot each reference curve over all its steps instead of clipping it to the sweep's budget."""
 
 
 @dataclass
@@ -65,6 +71,27 @@ class Curves:
         """Each seed's return at the env's final step, for the seeds that got there."""
         step = self.final_step[env]
         return {seed: by_step[step] for seed, by_step in self.returns[env].items() if step in by_step}
+
+    def at(self, env: str, step: int) -> dict[int, float]:
+        """Each seed's return at this step, for the seeds that have an evaluation there."""
+        return {seed: by_step[step] for seed, by_step in self.returns[env].items() if step in by_step}
+
+    def by_step(self, env: str) -> dict[int, list[float]]:
+        """Step -> the returns of the seeds evaluated there (in seed order)."""
+        table: dict[int, list[float]] = defaultdict(list)
+        for seed in sorted(self.returns[env]):
+            for step, value in self.returns[env][seed].items():
+                table[step].append(value)
+        return dict(sorted(table.items()))
+
+    def last_steps(self, env: str) -> list[int]:
+        """Each seed's last evaluation step, in seed order."""
+        return [max(by_step) for _, by_step in sorted(self.returns[env].items()) if by_step]
+
+    def common_step(self, env: str) -> int | None:
+        """The latest evaluation step that every seed of the env has (None when they share none)."""
+        shared = set.intersection(*(set(by_step) for by_step in self.returns[env].values()))
+        return max(shared) if shared else None
 
     def table(self, env: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, returns as seeds x steps with NaN where a seed has no evaluation)."""
@@ -125,11 +152,13 @@ def write_results_csv(curves: Curves, path: Path) -> None:
 
 # ---- computing -------------------------------------------------------------------------------------
 
-def score_table(curves: Curves, envs: list[str], normalization: Normalization) -> tuple[np.ndarray, list[int]]:
-    """Normalized final scores (seeds x envs) over the seeds that finished every env, and those seeds."""
-    finals = [curves.finals(env) for env in envs]
-    seeds = sorted(set.intersection(*(set(f) for f in finals)))
-    table = np.array([[finals[j][seed] for j in range(len(envs))] for seed in seeds]).reshape(len(seeds), len(envs))
+def score_table(curves: Curves, envs: list[str], normalization: Normalization,
+                steps: dict[str, int] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Normalized scores (seeds x envs) at each env's step (default: its final step), over the seeds
+    evaluated there in every env, and those seeds."""
+    at_step = [curves.at(env, steps[env]) if steps else curves.finals(env) for env in envs]
+    seeds = sorted(set.intersection(*(set(f) for f in at_step)))
+    table = np.array([[at_step[j][seed] for j in range(len(envs))] for seed in seeds]).reshape(len(seeds), len(envs))
     for j, env in enumerate(envs):
         table[:, j] = normalization.score(env_from_reference_name(env), table[:, j])
     return table, seeds
@@ -143,72 +172,23 @@ def _groups(envs: list[str]) -> dict[str, list[str]]:
     return dict(groups)
 
 
-# ---- plotting ----------------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curve(env: str, curves: dict[str, Curves], path: Path, reps: int, seed: int) -> None:
-    """Mean return over seeds with its 95% bootstrap band, for this sweep and the reference."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for (label, source), color in zip(curves.items(), ("tab:blue", "tab:gray")):
-        if env not in source.returns:
-            continue
-        steps, table = source.table(env)
-        mean, low, high = curve_with_ci(table, reps=reps, seed=seed)
-        ax.plot(steps, mean, color=color, label=f"{label} ({table.shape[0]} seeds)")
-        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
-    ax.set(title=env, xlabel="agent steps", ylabel="evaluation return")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_aggregates(estimates: dict[str, dict[str, Interval]], xlabel: str, path: Path) -> None:
-    from rliable import plot_utils
-
-    plt = _pyplot()
-    names = list(next(iter(estimates.values())))
-    points = {label: np.array([e[name].point for name in names]) for label, e in estimates.items()}
-    intervals = {label: np.array([[e[name].low for name in names], [e[name].high for name in names]])
-                 for label, e in estimates.items()}
-    fig, _ = plot_utils.plot_interval_estimates(points, intervals, metric_names=names, xlabel=xlabel,
-                                                row_height=0.6, subfigure_width=3.2, xlabel_y_coordinate=-0.4)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_profiles(tables: dict[str, np.ndarray], xlabel: str, path: Path, reps: int, seed: int) -> None:
-    from rliable import plot_utils
-
-    plt = _pyplot()
-    everything = np.concatenate([t.ravel() for t in tables.values()])
-    taus = np.linspace(min(0.0, everything.min()), max(1.0, everything.max()), 101)
-    profiles, bands = {}, {}
-    for label, table in tables.items():
-        profiles[label], bands[label] = performance_profile(table, taus, reps=reps, seed=seed)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=bands, ax=ax,
-                                         xlabel=f"{xlabel} (τ)", ylabel="fraction of runs > τ", labelsize="medium",
-                                         ticklabelsize="small")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ---- the report --------------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:
     return text.lower().replace(" ", "-")
+
+
+def _mean_by_step(curves: Curves, env: str) -> dict[int, float]:
+    """Step -> the mean return over the seeds evaluated there."""
+    return {step: float(np.mean(values)) for step, values in curves.by_step(env).items()}
+
+
+def task_comparisons(results: Curves, reference: Curves, env: str) -> list[StepComparison]:
+    """Every evaluation of this sweep on the env (mean over seeds) against the reference's seeds at the
+    same step or the nearest one below (empty when the reference does not have the env)."""
+    if env not in reference.returns:
+        return []
+    return compare_curve(_mean_by_step(results, env), reference.by_step(env))
 
 
 def write_report(config: ReportConfig) -> Path:
@@ -227,22 +207,31 @@ def write_report(config: ReportConfig) -> Path:
         sources[reference_label] = load_tidy(Path(config.reference))
     reference = sources.get(reference_label)
     runs = sum(len(by_seed) for by_seed in results.returns.values())
+    comparisons = {env: task_comparisons(results, reference, env) for env in results.returns} if reference else {}
+    if reference:
+        write_verdicts_csv(comparisons, out / "verdicts.csv")
 
     lines = [f"# Sweep report: {sweep_dir.resolve().name}", "",
              f"{runs} runs on {len(results.returns)} tasks in `{sweep_dir}`"
              + (f" ({len(unfinished)} not finished)" if unfinished else "") + "; per-evaluation results in "
-             "[results.csv](results.csv). Aggregates are over the final evaluation of each run, with "
-             f"{CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({config.reps} resamples, rliable); "
-             "learning curves show the mean over seeds with a pointwise bootstrap interval.", ""]
+             "[results.csv](results.csv). Each task is scored at its compared step: the last evaluation "
+             "that all its runs have (the budget, once they finish). Aggregates are over the runs' scores "
+             f"there, with {CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({config.reps} resamples, "
+             "rliable); learning curves show the mean over seeds with a pointwise bootstrap interval"
+             + ("" if config.full_range or not reference else ", clipped to the sweep's budget") + ".", ""]
+    if reference:
+        lines += _reference_summary(comparisons, results, reference_label)
     for envs in _groups(list(results.returns)).values():
         title = domain_title(env_from_reference_name(envs[0]))
         normalization = normalization_for(env_from_reference_name(env) for env in envs)
         lines += [f"## {title} ({normalization.name})", ""]
+        lines += _step_notes(envs, results)
         lines += _aggregate_section(title, envs, normalization, results, reference, reference_label, out, config)
-        lines += _task_table(envs, results, reference, reference_label)
+        lines += _task_table(envs, results, reference, reference_label, comparisons)
         lines += ["### Learning curves", ""]
         for env in envs:
-            plot_curve(env, sources, out / "curves" / f"{env}.png", config.reps, config.seed)
+            plot_curve(env, sources, out / "curves" / f"{env}.png", results.final_step[env], config.reps,
+                       config.seed, config.full_range)
             lines.append(f"![{env}](curves/{env}.png)")
         lines.append("")
     if unfinished:
@@ -252,28 +241,86 @@ def write_report(config: ReportConfig) -> Path:
     return path
 
 
+def write_verdicts_csv(comparisons: dict[str, list[StepComparison]], path: Path) -> None:
+    """One row per evaluation of the sweep: its mean, the reference step used, the reference's seed range, the verdict."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("env", "step", "mean_return", "reference_step", "reference_mean", "reference_min",
+                         "reference_max", "verdict"))
+        for env, rows in sorted(comparisons.items()):
+            writer.writerows((env, c.step, repr(c.value), c.reference_step, repr(c.reference_mean),
+                              repr(min(c.reference)), repr(max(c.reference)), c.verdict) for c in rows)
+
+
+def _reference_summary(comparisons: dict[str, list[StepComparison]], results: Curves, label: str) -> list[str]:
+    """The verdict counts over all tasks: at each task's compared step, and at every evaluation."""
+    at_step = [c for env, rows in comparisons.items() for c in rows if c.step == results.common_step(env)]
+    everywhere = [c for rows in comparisons.values() for c in rows]
+    if not everywhere:
+        return [f"The {label} has none of these tasks at or below their steps, so there is nothing to compare.", ""]
+    return ["**Against the " + label + "**, at equal budgets (the reference's evaluation at the same step, or "
+            "its nearest one below): the sweep's mean over seeds lies within the reference's seed range "
+            "[min, max], above it or below it. "
+            f"At each task's compared step ({_count(len(at_step), 'task')}): {describe_counts(verdict_counts(at_step))}. "
+            f"At every evaluation of the sweep ({len(everywhere)}): {describe_counts(verdict_counts(everywhere))}. "
+            "Per evaluation: [verdicts.csv](verdicts.csv).", ""]
+
+
+def _step_notes(envs: list[str], results: Curves) -> list[str]:
+    """A line for each task whose runs stopped at different steps."""
+    notes = []
+    for env in envs:
+        last = results.last_steps(env)
+        if min(last) != max(last):
+            common = results.common_step(env)
+            at = f"compared at their common step {common:,}" if common is not None else "they share no evaluation"
+            notes.append(f"- {env}: the runs stopped at different steps ({min(last):,} to {max(last):,}); {at}.")
+    return notes + [""] if notes else []
+
+
+def _compared_steps(envs: list[str], results: Curves) -> dict[str, int]:
+    """Each task's compared step (the tasks whose runs share an evaluation)."""
+    steps = {env: results.common_step(env) for env in envs}
+    return {env: step for env, step in steps.items() if step is not None}
+
+
 def _aggregate_section(title: str, envs: list[str], normalization: Normalization, results: Curves,
                        reference: Curves | None, reference_label: str | None, out: Path,
                        config: ReportConfig) -> list[str]:
-    table, seeds = score_table(results, envs, normalization)
+    steps = _compared_steps(envs, results)
+    envs = [env for env in envs if env in steps]
+    if not envs:
+        return ["The runs share no evaluation yet, so there are no aggregates.", ""]
+    table, seeds = score_table(results, envs, normalization, steps)
     if not seeds:
-        return ["No seed has finished every task yet, so there are no aggregates.", ""]
+        return ["No seed has an evaluation at the compared step of every task, so there are no aggregates.", ""]
     names = aggregate_names(normalization)
-    estimates = {"this sweep": aggregate_metrics(table, names, reps=config.reps, seed=config.seed)}
+    sweep_column = f"this sweep ({_steps_phrase(steps.values())})"
+    estimates = {sweep_column: aggregate_metrics(table, names, reps=config.reps, seed=config.seed)}
     tables = {"this sweep": table}
-    header = (f"{_count(len(envs), 'task')} × {_count(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) "
-              f"{_at_steps(results, envs)}")
+    header = f"{_count(len(envs), 'task')} × {_count(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) " \
+             f"{_steps_phrase(steps.values())}"
     if reference is not None and all(env in reference.returns for env in envs):
-        reference_table, reference_seeds = score_table(reference, envs, normalization)
-        if reference_seeds:
-            estimates[reference_label] = aggregate_metrics(reference_table, names, reps=config.reps, seed=config.seed)
-            tables[reference_label] = reference_table
-            header += f"; {reference_label}: {_count(len(reference_seeds), 'seed')} {_at_steps(reference, envs)}"
+        reference_steps = {env: step_at_or_below(reference.by_step(env), steps[env]) for env in envs}
+        if all(step is not None for step in reference_steps.values()):
+            equal, equal_seeds = score_table(reference, envs, normalization, reference_steps)
+            final, final_seeds = score_table(reference, envs, normalization)
+            if equal_seeds:
+                column = f"{reference_label} at the same budget ({_steps_phrase(reference_steps.values())})"
+                estimates[column] = aggregate_metrics(equal, names, reps=config.reps, seed=config.seed)
+                tables[f"{reference_label} at the same budget"] = equal
+                header += (f"; {reference_label} at the same budget: {_count(len(equal_seeds), 'seed')} "
+                           f"{_steps_phrase(reference_steps.values())}, its nearest evaluation at or below each "
+                           "task's step")
+            if final_seeds:
+                column = f"{reference_label} final ({_steps_phrase(reference.final_step[env] for env in envs)}), context"
+                estimates[column] = aggregate_metrics(final, names, reps=config.reps, seed=config.seed)
     columns = list(estimates)
     lines = [header + ".", "", "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(str(estimates[c][name]) for c in columns) + " |" for name in names]
     slug = _slug(title)
-    plot_aggregates(estimates, normalization.name, out / f"{slug}-aggregates.png")
+    plotted = {label: estimate for label, estimate in estimates.items() if not label.endswith(", context")}
+    plot_aggregates(plotted, normalization.name, out / f"{slug}-aggregates.png")
     plot_profiles(tables, normalization.name, out / f"{slug}-profile.png", config.reps, config.seed)
     lines += ["", f"![aggregate metrics]({slug}-aggregates.png)", "",
               f"![performance profile]({slug}-profile.png)", ""]
@@ -284,25 +331,45 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _at_steps(curves: Curves, envs: list[str]) -> str:
-    steps = sorted({curves.final_step[env] for env in envs})
+def _steps_phrase(steps) -> str:
+    steps = sorted(set(steps))
     return f"at step {steps[0]:,}" if len(steps) == 1 else f"at steps {steps[0]:,} to {steps[-1]:,}"
 
 
-def _task_table(envs: list[str], results: Curves, reference: Curves | None, reference_label: str | None) -> list[str]:
-    """Final return per task: mean over seeds and its bootstrap interval, beside the reference's mean."""
-    header = "| task | seeds | final step | final return |" + (f" {reference_label} |" if reference else "")
-    lines = [header, "|---|---|---|---|" + ("---|" if reference else "")]
+def _mean_cell(values: list[float]) -> str:
+    mean, low, high = curve_with_ci(np.array(values)[:, None])
+    return f"{mean[0]:.1f} [{low[0]:.1f}, {high[0]:.1f}]"
+
+
+def _task_table(envs: list[str], results: Curves, reference: Curves | None, reference_label: str | None,
+                comparisons: dict[str, list[StepComparison]]) -> list[str]:
+    """Per task: the return at the compared step (mean over seeds and its bootstrap interval) and, with a
+    reference, the reference at the same budget, its final score, and the verdicts."""
+    header = "| task | seeds | compared step | return |"
+    rule = "|---|---|---|---|"
+    if reference:
+        header += (f" {reference_label} at the same budget (step) | reference seed range | reference final (step) "
+                   "| verdict at the compared step | verdicts at every evaluation |")
+        rule += "---|---|---|---|---|"
+    lines = [header, rule]
     for env in envs:
-        finals = results.finals(env)
-        if finals:
-            mean, low, high = curve_with_ci(np.array(list(finals.values()))[:, None])
-            cell = f"{mean[0]:.1f} [{low[0]:.1f}, {high[0]:.1f}]"
-        else:
-            cell = "not finished"
-        row = f"| {env} | {len(finals)} | {results.final_step[env]:,} | {cell} |"
+        step = results.common_step(env)
+        values = list(results.at(env, step).values()) if step is not None else []
+        cell = _mean_cell(values) if values else "no common evaluation"
+        row = f"| {env} | {len(results.returns[env])} | {f'{step:,}' if step is not None else '–'} | {cell} |"
         if reference:
-            reference_finals = reference.finals(env) if env in reference.returns else {}
-            row += f" {np.mean(list(reference_finals.values())):.1f} |" if reference_finals else " – |"
+            at_step = [c for c in comparisons.get(env, []) if c.step == step]
+            if at_step:
+                c = at_step[0]
+                row += (f" {c.reference_mean:.1f} ({c.reference_step:,}) | [{min(c.reference):.1f}, "
+                        f"{max(c.reference):.1f}] |")
+            else:
+                row += " – | – |"
+            finals = reference.finals(env) if env in reference.returns else {}
+            row += (f" {np.mean(list(finals.values())):.1f} ({reference.final_step[env]:,}) |" if finals else " – |")
+            row += f" {at_step[0].verdict} |" if at_step else " – |"
+            everywhere = comparisons.get(env, [])
+            row += (f" {describe_counts(verdict_counts(everywhere))} (of {len(everywhere)}) |" if everywhere
+                    else " – |")
         lines.append(row)
     return [*lines, ""]

@@ -45,6 +45,11 @@ class TrainConfig:
     """Show a progress bar."""
     log_every: int = 1000
     """Agent steps between training-metric records in TensorBoard."""
+    wandb: bool = False
+    """Also log the config, evaluations and training metrics to Weights & Biases (pip install 'uld[wandb]'); a
+    resumed run continues its W&B run."""
+    wandb_project: str = "uld"
+    """The W&B project of --wandb."""
     small: bool = False
     """Start from the agent's reduced-size config (e.g. ULD: 128-wide networks, batch 64, 1k random steps): same
     algorithm, quick on a CPU."""
@@ -136,7 +141,7 @@ def check_positive(config: TrainConfig) -> None:
 # Options that may change between the start of a run and its resumption; every other one is part of
 # what the run is, and a command that disagrees with the run directory on it is refused.
 RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "threads", "progress", "checkpoint_minutes",
-                     "checkpoint_every", "restart", "trust_checkpoint")
+                     "checkpoint_every", "restart", "trust_checkpoint", "wandb", "wandb_project")
 
 
 def config_to_dict(config: TrainConfig) -> dict:
@@ -166,7 +171,8 @@ def config_from_dict(data: dict, source: str = "config.json") -> TrainConfig:
         raise UldError(f"{source} has {agent.name} as {section!r}, not a mapping of options; "
                        "restore the file uld train wrote")
     if section is not None:
-        unknown += [f"{agent.name}.{k}" for k in sorted(set(section) - {f.name for f in dataclasses.fields(agent.config)})]
+        options = {f.name for f in dataclasses.fields(agent.config)}
+        unknown += [f"{agent.name}.{k}" for k in sorted(set(section) - options)]
     if unknown:
         raise UldError(f"{source} has options this uld does not know ({', '.join(unknown)}); "
                        "it was written by another uld version or edited: restore it, or use that version")
@@ -198,6 +204,8 @@ def config_to_resume(config: TrainConfig) -> TrainConfig:
     (RESUMABLE_CHANGES) taken from this command."""
     base = config_from_dict(read_run_config(config.resume))
     from_command = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name not in ("steps", "out", "resume")}
+    if base.wandb and not config.wandb:  # a run that logged to W&B goes on logging to the same W&B run
+        from_command.update(wandb=True, wandb_project=base.wandb_project)
     return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps, **from_command)
 
 

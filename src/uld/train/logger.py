@@ -6,6 +6,7 @@ import csv
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,9 +45,11 @@ def read_eval_csv(path: str | Path) -> list[dict]:
 
 
 class Logger:
-    """Appends evaluations to <run>/eval.csv and scalars to TensorBoard under <run>/tb."""
+    """Appends evaluations to <run>/eval.csv and scalars to TensorBoard under <run>/tb, and forwards the
+    scalars to its sinks (objects with log(step, values) and close(), such as train/wandb_sink.py's)."""
 
-    def __init__(self, run_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True):
+    def __init__(self, run_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True,
+                 sinks: Sequence = ()):
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
 
         self.run_dir = Path(run_dir)
@@ -60,6 +63,7 @@ class Logger:
                         dynamic_ncols=True, mininterval=1.0)
         self.last_episode_return = math.nan
         self.last_eval = math.nan
+        self.sinks = list(sinks)
 
     def step(self, n: int = 1) -> None:
         """Advance the progress bar by n agent steps."""
@@ -69,6 +73,7 @@ class Logger:
         self.last_episode_return = episode_return
         self.writer.add_scalar("train/episode_return", episode_return, step)
         self.writer.add_scalar("train/episode_length", length, step)
+        self._forward(step, {"train/episode_return": episode_return, "train/episode_length": length})
         self._postfix()
 
     def evaluation(self, step: int, returns: list[float], wall_seconds: float) -> None:
@@ -82,11 +87,17 @@ class Logger:
         self.writer.add_scalar("eval/mean_return", mean, step)
         self.writer.add_scalar("eval/wall_seconds", wall_seconds, step)
         self.writer.flush()
+        self._forward(step, {"eval/mean_return": mean, "eval/wall_seconds": wall_seconds})
         self._postfix()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
+        self._forward(step, values)
+
+    def _forward(self, step: int, values: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.log(step, values)
 
     def _postfix(self) -> None:
         self.bar.set_postfix(episode_return=f"{self.last_episode_return:.1f}", eval=f"{self.last_eval:.1f}",
@@ -126,3 +137,5 @@ class Logger:
     def close(self) -> None:
         self.bar.close()
         self.writer.close()
+        for sink in self.sinks:
+            sink.close()

@@ -19,13 +19,20 @@ from uld.agents import build_agent
 from uld.envs import make_env
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
-from uld.train.config import (RESUMABLE_CHANGES, TrainConfig, check_positive, config_differences, config_to_dict,
-                              config_to_resume, read_run_config)
+from uld.train.config import (
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    check_positive,
+    config_differences,
+    config_to_dict,
+    config_to_resume,
+    read_run_config,
+)
 from uld.train.logger import Logger
 from uld.train.trainer import Trainer
 from uld.train.validation import check_buffer_memory, check_config, check_out, resume_disagreements
 
-RUN_FILES = ("eval.csv", "config.json", "tb", "checkpoints")
+RUN_FILES = ("eval.csv", "config.json", "tb", "checkpoints", "wandb_id")
 """What uld train writes in a run directory; --restart moves these aside, never deletes them."""
 
 
@@ -173,7 +180,12 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
                                 seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
     start_step = loaded[1] if loaded is not None else 0
-    logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress)
+    sinks = []
+    if cfg.wandb:
+        from uld.train.wandb_sink import WandbSink
+
+        sinks.append(WandbSink(run_dir, cfg.wandb_project, resolved, name=f"{cfg.agent} {cfg.env} seed {cfg.seed}"))
+    logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress, sinks=sinks)
     trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
                       eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
                       checkpointer=checkpointer, checkpoint_seconds=60 * cfg.checkpoint_minutes,

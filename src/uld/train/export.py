@@ -1,0 +1,147 @@
+"""`uld export`: a run's deterministic policy as one standalone model file, ONNX or TorchScript.
+
+The model takes a batch of observations exactly as uld's env gives them (float32 vectors, or uint8
+frame stacks (B, C, H, W) that the model scales itself) and returns the evaluation action: for
+continuous actions the policy's tanh output in [-1, 1] (B, action_dim), float32; for discrete
+actions the index of the largest policy logit (B,), int64. Running it needs onnxruntime (``.onnx``)
+or torch alone (``.pt``, ``torch.jit.load``): neither uld nor its training code.
+
+ULD's evaluation action is the policy on f(obs), which the model computes in full. ALM's evaluation
+samples the latent z from the encoder's Gaussian; a standalone deterministic policy takes its mean
+instead, so an exported ALM policy acts on the mean latent (documented in README, "Exporting a policy").
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from uld.errors import UldError
+
+FORMATS = {".onnx": "ONNX", ".pt": "TorchScript"}
+METADATA_KEY = "uld"
+"""ONNX metadata_props key, and TorchScript extra file name, of the model's description (JSON)."""
+
+
+class ULDPolicy(nn.Module):
+    """ULD's evaluation action: tanh(pi(f(obs))), or argmax of pi's logits (spec: "correct" item 5)."""
+
+    def __init__(self, state_encoder: nn.Module, policy_mlp: nn.Module, discrete: bool, pixels: bool):
+        super().__init__()
+        self.state_encoder, self.policy_mlp = state_encoder, policy_mlp
+        self.discrete, self.pixels = discrete, pixels
+
+    def forward(self, obs: Tensor) -> Tensor:
+        zs = self.state_encoder(obs if self.pixels else obs.float())  # uint8 frames: the encoder scales them
+        pre = self.policy_mlp(zs)
+        return pre.argmax(-1) if self.discrete else torch.tanh(pre)
+
+
+class ALMPolicy(nn.Module):
+    """ALM's action on the mean of the encoder's latent: tanh actor output."""
+
+    def __init__(self, encoder: nn.Module, actor: nn.Module):
+        super().__init__()
+        self.encoder, self.actor = encoder, actor
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.actor(self.encoder(obs.float()).mean)
+
+
+def policy_module(agent, name: str) -> nn.Module:
+    """The deterministic policy of an agent as a module of its own (copies of the networks, on the CPU)."""
+    if name == "uld":
+        spec = agent.spec
+        module = ULDPolicy(agent.encoder.state_encoder, agent.policy.mlp, spec.discrete, spec.pixels)
+    elif name == "alm":
+        module = ALMPolicy(agent.encoder, agent.actor)
+    else:
+        raise UldError(f"uld export knows the agents uld and alm, not {name!r}")
+    return copy.deepcopy(module).cpu().eval().requires_grad_(False)
+
+
+@contextmanager
+def _portable_ops() -> Iterator[None]:
+    """Layers computed by F.linear while exporting: the oneDNN kernel (agents/linear.py) is a CPU-only
+    op that neither ONNX nor another machine's TorchScript runtime has."""
+    from uld.agents.linear import set_onednn
+
+    previous = set_onednn(False)
+    try:
+        yield
+    finally:
+        set_onednn(previous)
+
+
+def example_observations(spec, batch: int = 2) -> Tensor:
+    """A batch of observations of the env's shape and dtype (zeros: exporting only needs the shape)."""
+    dtype = torch.uint8 if spec.pixels else torch.float32
+    return torch.zeros((batch, *spec.obs_shape), dtype=dtype)
+
+
+def describe(config, spec, step: int) -> dict:
+    """What the exported model is, stored inside it as JSON."""
+    return {
+        "agent": config.agent, "env": config.env, "seed": config.seed, "step": step,
+        "observation": {"shape": list(spec.obs_shape), "dtype": "uint8" if spec.pixels else "float32",
+                        "batched": True},
+        "action": ({"discrete": True, "dtype": "int64", "meaning": "index of the action", "count": spec.action_dim}
+                   if spec.discrete else
+                   {"discrete": False, "dtype": "float32", "dim": spec.action_dim,
+                    "meaning": "in [-1, 1]; uld's env maps it affinely onto the env's bounds"}),
+    }
+
+
+def export_policy(run_dir: str | Path, out: str | Path) -> Path:
+    """Write the deterministic policy of a run's newest checkpoint to `out` (.onnx or .pt); returns out."""
+    from uld.train.playback import load
+
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise UldError(f"--out {out} must end in .onnx (ONNX) or .pt (TorchScript)")
+    trained = load(run_dir)
+    spec = trained.agent.spec
+    module = policy_module(trained.agent, trained.config.agent)
+    metadata = json.dumps(describe(trained.config, spec, trained.step))
+    example = example_observations(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _portable_ops(), torch.no_grad():
+        if out.suffix == ".pt":
+            scripted = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(scripted, str(out), _extra_files={METADATA_KEY: metadata})
+        else:
+            _export_onnx(module, example, out, metadata)
+    return out
+
+
+def _export_onnx(module: nn.Module, example: Tensor, out: Path, metadata: str) -> None:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as error:
+        raise UldError("exporting to ONNX needs onnx and onnxscript: pip install 'uld[export]'") from error
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter warns about every torchvision op it cannot register (a policy uses none of them), and
+    # torch.export about its own deprecations: none of it concerns the user.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(module, (example,), input_names=["obs"], output_names=["action"],
+                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    finally:
+        exporter_log.setLevel(level)
+    model = program.model_proto
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata
+    onnx.save(model, str(out))

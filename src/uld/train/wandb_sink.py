@@ -1,0 +1,50 @@
+"""`uld train --wandb`: the scalars the Logger writes to TensorBoard, and the run's config, also go to
+Weights & Biases. wandb is imported only here, and only when the flag is given.
+
+A run directory keeps its W&B run id in ``wandb_id``, so a resumed run (the same command again, or
+``--resume DIR``) continues the same W&B run. Every value is logged against the agent step
+(``agent_step``), not W&B's own counter, which must only increase: a run resumed from a checkpoint
+re-logs the steps after it, and W&B keeps those points rather than refusing them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from uld.errors import UldError
+
+ID_FILE = "wandb_id"
+"""The file in the run directory that holds the run's W&B id."""
+STEP_METRIC = "agent_step"
+
+
+class WandbSink:
+    """Forwards the Logger's scalars to one W&B run, resumed when the run directory already has one."""
+
+    def __init__(self, run_dir: str | Path, project: str, config: dict, name: str):
+        try:
+            import wandb
+        except ImportError as error:
+            raise UldError("--wandb needs the wandb package: pip install 'uld[wandb]'") from error
+        run_dir = Path(run_dir)
+        id_path = run_dir / ID_FILE
+        run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
+        id_path.write_text(run_id + "\n")
+        # W&B's files go beside the run's own, unless WANDB_DIR says where.
+        directory = os.environ.get("WANDB_DIR") or str(run_dir)
+        try:
+            self.run = wandb.init(project=project, id=run_id, resume="allow", config=config, name=name,
+                                  dir=directory, settings=wandb.Settings(console="off", quiet=True))
+        except wandb.Error as error:
+            raise UldError(f"W&B could not start ({error}); run `wandb login`, or set WANDB_MODE=offline to "
+                           "keep the W&B run on this machine") from error
+        self.run.define_metric(STEP_METRIC)
+        self.run.define_metric("*", step_metric=STEP_METRIC)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({**values, STEP_METRIC: step})
+
+    def close(self) -> None:
+        self.run.finish()
