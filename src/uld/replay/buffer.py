@@ -1,4 +1,4 @@
-"""Replay of H-step subsequences with LAP priorities (spec: Replay buffer).
+"""Replay of H-step subsequences with LAP priorities (spec: Replay buffer), held on the training device.
 
 Layout. Slots form a ring. An episode's transitions occupy consecutive slots; slot p holds the
 observation s_t, the action a_t, and the reward r_{t+1} and terminal flag d_{t+1} that followed it.
@@ -10,7 +10,17 @@ Valid starts. A start p may be sampled when its window of H transitions p..p+H-1
 observations p..p+H lies in one episode, or when the episode terminates inside the window (the
 steps after the terminal are masked by the losses). Windows that run past a time-limit truncation
 are never sampled. Validity is kept incrementally: each added transition validates at most H
-starts, and overwriting a slot invalidates only that slot, so adding is O(H); the sum tree is brought up to date in one batch before the next draw.
+starts, and overwriting a slot invalidates only that slot, so adding is O(H); the sum tree is
+brought up to date in one batch before the next draw.
+
+Device. Every per-slot array, the sum tree, the running maximum priority, the reward-scale sums,
+the "ever terminated" flag and the sampling generator are tensors on one device (the agent's).
+`add` writes the values the environment produced (the only host-to-device traffic) and never reads
+a device value back: where it needs to know what a slot held (to forget it), it computes with
+tensors. Drawing, gathering and the priority update are tensor operations with fixed shapes, so an
+update can run them without synchronising with the host, or replay them inside a CUDA graph. The
+host keeps only what the environment tells it: the write position, the step in the episode, and
+the slots whose sampling weight changed since the last draw.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from uld.replay.sum_tree import SumTree
 
@@ -27,15 +38,26 @@ from uld.replay.sum_tree import SumTree
 class Batch:
     """A batch of subsequences. Index t of `obs` is s_t; index t of the others belongs to step t -> t+1."""
 
-    index: np.ndarray  # (B,) start slots, to update priorities
-    obs: torch.Tensor  # (B, h + 1, *obs_shape)
-    action: torch.Tensor  # (B, h, action_dim)
-    reward: torch.Tensor  # (B, h)
-    terminated: torch.Tensor  # (B, h) float, 1.0 where the episode terminated after that step
+    index: Tensor  # (B,) int64 start slots, to update priorities
+    obs: Tensor  # (B, h + 1, *obs_shape)
+    action: Tensor  # (B, h, action_dim)
+    reward: Tensor  # (B, h)
+    terminated: Tensor  # (B, h) float, 1.0 where the episode terminated after that step
+
+
+def _last_occurrence(index: Tensor) -> Tensor:
+    """For each position i of `index`, the last position j with index[j] == index[i] (B x B compare).
+
+    Lets a batch write repeated slots in a defined order (the last value wins, as sequential writes
+    would) with tensor operations only: every occurrence then writes the same value.
+    """
+    positions = torch.arange(index.shape[0], device=index.device)
+    same = index[:, None] == index[None, :]
+    return torch.where(same, positions, -1).amax(1)
 
 
 class ReplayBuffer:
-    """Ring buffer of episodes with subsequence sampling and LAP priorities.
+    """Ring buffer of episodes with subsequence sampling and LAP priorities, on one torch device.
 
     Args:
         obs_shape: shape of one stored observation.
@@ -45,8 +67,9 @@ class ReplayBuffer:
         prioritized: LAP sampling (spec: on); False samples valid starts uniformly.
         alpha: LAP exponent applied to |TD error|.
         min_priority: LAP clamp below which |TD error| does not lower a priority.
-        seed: seed of the buffer's own random generator.
+        seed: seed of the buffer's own random generator (a torch.Generator on `device`).
         obs_dtype: storage dtype of observations (float32 vectors, uint8 frames).
+        device: where everything is stored and sampled (the agent's device).
     """
 
     def __init__(
@@ -60,88 +83,99 @@ class ReplayBuffer:
         alpha: float = 0.4,
         min_priority: float = 1.0,
         seed: int = 0,
-        obs_dtype: np.dtype = np.float32,
+        obs_dtype: torch.dtype | np.dtype | type = torch.float32,
+        device: torch.device | str = "cpu",
     ):
         if capacity < horizon + 2:
             raise ValueError(f"capacity {capacity} must exceed the horizon {horizon} by at least 2")
         self.capacity, self.horizon = capacity, horizon
         self.prioritized, self.alpha, self.min_priority = prioritized, alpha, min_priority
-        self.obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.action = np.zeros((capacity, action_dim), dtype=np.float32)
-        self.reward = np.zeros(capacity, dtype=np.float32)
-        self.terminated = np.zeros(capacity, dtype=np.float32)
-        self.is_transition = np.zeros(capacity, dtype=bool)
-        self.valid = np.zeros(capacity, dtype=bool)
+        self.device = torch.device(device)
+        if not isinstance(obs_dtype, torch.dtype):
+            obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_dtype)).dtype
+        zeros = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
+        self.obs = zeros(capacity, *obs_shape, dtype=obs_dtype)
+        self.action = zeros(capacity, action_dim)
+        self.reward = zeros(capacity)
+        self.terminated = zeros(capacity)
+        self.is_transition = zeros(capacity, dtype=torch.bool)
+        self.valid = zeros(capacity, dtype=torch.bool)
         # Empty slots start at priority 0, never at uninitialised memory (spec: "correct" item 3).
-        self.priority = np.zeros(capacity, dtype=np.float64)
-        self.tree = SumTree(capacity)
+        self.priority = zeros(capacity, dtype=torch.float64)
+        self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
+        self.num_transitions = zeros(dtype=torch.int64)
+        self.abs_reward_sum = zeros(dtype=torch.float64)
+        self.ever_terminated = zeros(dtype=torch.bool)
+        self.tree = SumTree(capacity, self.device)
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(seed)
         self._dirty: list[int] = []  # slots whose tree leaf is stale; refreshed before the next draw
-        self.rng = np.random.default_rng(seed)
-        self.max_priority = 1.0
+        self._offsets = torch.arange(max(horizon, 2) + 1, device=self.device)  # ring offsets for windows
         self.ptr = 0  # slot of the next transition
         self.used = 0  # slots ever written (checkpoints store only these)
         self.episode_step = 0  # transitions of the episode in progress
-        self.num_transitions = 0
-        self.abs_reward_sum = 0.0
-        self.ever_terminated = False
 
     def __len__(self) -> int:
-        return self.num_transitions
+        """Transitions stored (reads a device value: for logging, not inside an update)."""
+        return int(self.num_transitions)
 
     @property
     def can_sample(self) -> bool:
-        """True once at least one complete subsequence is stored."""
-        self._refresh_tree()
-        return self.tree.total > 0
+        """True once at least one complete subsequence is stored (reads the tree's root back)."""
+        self.refresh()
+        return bool(self.tree.total > 0)
 
-    def sampling_weight(self, index: np.ndarray | int) -> np.ndarray | float:
+    def sampling_weight(self, index) -> Tensor:
         """The weight each start is drawn with (its priority if valid, else 0)."""
-        self._refresh_tree()
-        return self.tree.get(index)
+        self.refresh()
+        return self.tree.get(self._as_index(index))
 
     @property
-    def total_weight(self) -> float:
-        self._refresh_tree()
+    def total_weight(self) -> Tensor:
+        self.refresh()
         return self.tree.total
 
     @property
     def num_valid(self) -> int:
         return int(self.valid.sum())
 
-    def reward_scale(self) -> float:
-        """Mean |r| over stored transitions (spec: reward scale), floored at 1e-8."""
-        return max(self.abs_reward_sum / max(self.num_transitions, 1), 1e-8)
+    def reward_scale(self) -> Tensor:
+        """Mean |r| over stored transitions (spec: reward scale), floored at 1e-8: a 0-d float64 tensor."""
+        return (self.abs_reward_sum / self.num_transitions.clamp(min=1)).clamp(min=1e-8)
+
+    def _as_index(self, index) -> Tensor:
+        if isinstance(index, Tensor):
+            return index.to(self.device, torch.int64)
+        return torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.device)
+
+    def _ring(self, start: int, count: int) -> Tensor:
+        """The slots start, start + 1, ..., start + count - 1 of the ring, as a device tensor (no copy from the host)."""
+        return (self._offsets[:count] + start) % self.capacity
+
+    # ---- collection ---------------------------------------------------------------------------
 
     def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
         """Store one transition (s, a, r, s', terminated, truncated)."""
         p, nxt = self.ptr, (self.ptr + 1) % self.capacity
-        self._forget(p)
-        self._forget(nxt)
-        self.obs[p] = obs
-        self.action[p] = action
-        self.reward[p] = reward
-        self.terminated[p] = float(terminated)
-        self.is_transition[p] = True
-        self.num_transitions += 1
-        self.abs_reward_sum += abs(float(reward))
-        self.priority[p] = self.max_priority
+        self._forget(self._ring(p, 2), [p, nxt])
+        self._write(p, obs, action, reward, terminated)
         # s' goes to the next slot: the next transition's s_t when the episode goes on, the final
         # observation when it ends. Writing it now makes the window ending here complete at once.
-        self.obs[nxt] = next_obs
+        self.obs[nxt] = torch.as_tensor(next_obs).to(self.device, non_blocking=True)
         self.used = max(self.used, min(p + 2, self.capacity))
 
         k, H = self.episode_step, self.horizon
         if terminated:
-            self.ever_terminated = True
             # Every start of this episode whose window reaches the terminal becomes valid.
-            for start in range(p - min(k, H - 1), p + 1):
-                self._validate(start % self.capacity)
+            first = min(k, H - 1)
+            self._validate((p - first) % self.capacity, first + 1)
         elif k >= H - 1:
             # The window that ends exactly at this step is complete (also at a truncation).
-            self._validate((p - H + 1) % self.capacity)
+            self._validate((p - H + 1) % self.capacity, 1)
 
         if terminated or truncated:
-            self.reward[nxt], self.terminated[nxt] = 0.0, 0.0
+            self.reward[nxt] = 0.0
+            self.terminated[nxt] = 0.0
             self.action[nxt] = 0.0
             self.ptr = (p + 2) % self.capacity
             self.episode_step = 0
@@ -149,85 +183,131 @@ class ReplayBuffer:
             self.ptr = nxt
             self.episode_step = k + 1
 
-    def _forget(self, slot: int) -> None:
-        """Drop whatever transition a slot held before it is overwritten."""
-        if self.is_transition[slot]:
-            self.is_transition[slot] = False
-            self.num_transitions -= 1
-            self.abs_reward_sum -= abs(float(self.reward[slot]))
-        if self.valid[slot]:
-            self.valid[slot] = False
-            self._dirty.append(slot)
+    def _write(self, p: int, obs, action, reward: float, terminated: bool) -> None:
+        """Slot p's transition, with the maximum priority seen so far (spec: Replay buffer, LAP)."""
+        self.obs[p] = torch.as_tensor(obs).to(self.device, non_blocking=True)
+        self.action[p] = torch.as_tensor(action).to(self.device, non_blocking=True)
+        self.reward[p] = float(reward)
+        self.terminated[p] = float(terminated)
+        self.is_transition[p] = True
+        self.priority[p] = self.max_priority
+        self.num_transitions += 1
+        self.abs_reward_sum += abs(float(reward))
+        if terminated:
+            self.ever_terminated.fill_(True)
 
-    def _validate(self, slot: int) -> None:
-        self.valid[slot] = True
-        self._dirty.append(slot)
+    def _forget(self, slots: Tensor, host_slots: list[int], where: Tensor | None = None) -> None:
+        """Drop whatever transitions and starts the given slots held before they are overwritten
+        (only where `where` is true, when given), computed on the device without reading it back."""
+        gone = self.is_transition[slots] if where is None else self.is_transition[slots] & where
+        self.num_transitions -= gone.sum()
+        self.abs_reward_sum -= (self.reward[slots].abs().double() * gone).sum()
+        if where is None:
+            self.is_transition[slots] = False
+            self.valid[slots] = False
+        else:
+            self.is_transition[slots] = self.is_transition[slots] & ~where
+            self.valid[slots] = self.valid[slots] & ~where
+        self._dirty.extend(host_slots)
 
-    def _refresh_tree(self) -> None:
-        """Bring the sum tree's leaves up to date with `valid` and `priority` (batched: adds stay O(1))."""
+    def _validate(self, start: int, count: int) -> None:
+        self.valid[self._ring(start, count)] = True
+        self._dirty.extend((start + i) % self.capacity for i in range(count))
+
+    def refresh(self) -> None:
+        """Bring the sum tree's leaves up to date with `valid` and `priority` (batched: adds stay O(1)).
+
+        An update calls this before it draws; with graphs, it runs before the captured updates, which
+        then find nothing stale (the slot list varies in length, which a graph cannot replay).
+        """
         if self._dirty:
-            slots = np.array(self._dirty, dtype=np.int64)
+            slots = torch.tensor(self._dirty, dtype=torch.int64).to(self.device, non_blocking=True)
             self._dirty.clear()
-            weight = self.priority[slots] if self.prioritized else np.ones(len(slots))
-            self.tree.set_many(slots, np.where(self.valid[slots], weight, 0.0))
+            weight = self.priority[slots] if self.prioritized else torch.ones_like(self.priority[slots])
+            self.tree.set(slots, torch.where(self.valid[slots], weight, 0.0))
 
-    def sample_index(self, batch_size: int) -> np.ndarray:
-        """Start slots drawn in proportion to priority among valid starts."""
-        self._refresh_tree()
-        if self.tree.total <= 0:
+    # ---- sampling -----------------------------------------------------------------------------
+
+    def sample_index(self, batch_size: int) -> Tensor:
+        """Start slots drawn in proportion to priority among valid starts; raises when there are none."""
+        if not self.can_sample:
             raise RuntimeError("the replay buffer holds no complete subsequence yet")
-        return self.tree.sample(batch_size, self.rng)
+        return self.draw(batch_size)
 
-    def gather(self, index: np.ndarray, horizon: int, device: torch.device | str = "cpu") -> Batch:
+    def draw(self, batch_size: int) -> Tensor:
+        """Start slots drawn in proportion to priority, with no check that any start is valid (that
+        check reads a device value; an update relies on `can_sample` having been checked before)."""
+        self.refresh()
+        return self.tree.sample(batch_size, self.generator)
+
+    def gather(self, index, horizon: int) -> Batch:
         """The h-step subsequences that start at the given slots."""
         if horizon > self.horizon:
             raise ValueError(f"horizon {horizon} exceeds the buffer's horizon {self.horizon}")
-        steps = (index[:, None] + np.arange(horizon + 1)) % self.capacity
+        index = self._as_index(index)
+        steps = (index[:, None] + self._offsets[: horizon + 1]) % self.capacity
         trans = steps[:, :horizon]
-        return Batch(
-            index=index,
-            obs=torch.from_numpy(self.obs[steps]).to(device),
-            action=torch.from_numpy(self.action[trans]).to(device),
-            reward=torch.from_numpy(self.reward[trans]).to(device),
-            terminated=torch.from_numpy(self.terminated[trans]).to(device),
-        )
+        return Batch(index=index, obs=self.obs[steps], action=self.action[trans], reward=self.reward[trans],
+                     terminated=self.terminated[trans])
 
-    def sample(self, batch_size: int, horizon: int, device: torch.device | str = "cpu") -> Batch:
-        """Sample a batch of h-step subsequences (h <= H)."""
-        return self.gather(self.sample_index(batch_size), horizon, device)
+    def sample(self, batch_size: int, horizon: int) -> Batch:
+        """Sample a batch of h-step subsequences (h <= H), on the buffer's device, without a host sync."""
+        return self.gather(self.draw(batch_size), horizon)
 
-    def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
-        """LAP: priority = max(|TD error|, min_priority) ** alpha (spec: Update schedule)."""
-        priority = np.maximum(np.abs(np.asarray(td_error, dtype=np.float64)), self.min_priority) ** self.alpha
-        if len(index) == 0:
+    def update_priorities(self, index, td_error) -> None:
+        """LAP: priority = max(|TD error|, min_priority) ** alpha (spec: Update schedule).
+
+        Where a start appears more than once in a batch, its last TD error counts. The maximum
+        priority, which new transitions enter with, is kept on the device.
+        """
+        index = self._as_index(index)
+        if index.shape[0] == 0:
             return
+        td_error = torch.as_tensor(td_error, device=self.device)
+        priority = td_error.double().abs().clamp(min=self.min_priority) ** self.alpha
+        priority = priority[_last_occurrence(index)]
         self.priority[index] = priority
-        self.max_priority = max(self.max_priority, float(priority.max()))
+        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)
         if self.prioritized:
-            self._refresh_tree()
-            self.tree.set_many(index, priority * self.valid[index])
+            self.tree.set(index, torch.where(self.valid[index], priority, 0.0))
+
+    # ---- state --------------------------------------------------------------------------------
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
-    _SCALARS = ("max_priority", "ptr", "used", "episode_step", "num_transitions", "abs_reward_sum",
-                "ever_terminated")
+    _TENSORS = ("max_priority", "num_transitions", "abs_reward_sum", "ever_terminated")
+    _COUNTERS = ("ptr", "used", "episode_step")
 
     def state_dict(self) -> dict:
-        """Everything needed to continue sampling exactly as before: the written slots (views, not
-        copies), counters and the generator. The sum tree is rebuilt from `valid` and `priority`."""
-        state = {name: getattr(self, name)[: self.used] for name in self._ARRAYS}
-        state.update({name: getattr(self, name) for name in self._SCALARS})
-        state["rng"] = self.rng.bit_generator.state
+        """Everything needed to continue sampling exactly as before, as CPU tensors: the written slots
+        (on a CPU, tensors over the same memory, not copies), the device scalars, counters and the
+        generator's state. The sum tree is rebuilt from `valid` and `priority`."""
+        state = {name: _cpu_prefix(getattr(self, name), self.used) for name in self._ARRAYS}
+        state.update({name: getattr(self, name).cpu().clone() for name in self._TENSORS})
+        state.update({name: getattr(self, name) for name in self._COUNTERS})
+        state["generator"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned, writing into this buffer's tensors in place."""
         used = int(state["used"])
         for name in self._ARRAYS:
-            array = getattr(self, name)
-            array[:used] = np.asarray(state[name])
-            array[used:] = 0
-        for name in self._SCALARS:
-            setattr(self, name, type(getattr(self, name))(state[name]))
-        self.rng.bit_generator.state = state["rng"]
-        self.tree = SumTree(self.capacity)
-        self._dirty = list(range(used))
-        self._refresh_tree()
+            tensor = getattr(self, name)
+            tensor[:used] = torch.as_tensor(np.asarray(state[name]) if not isinstance(state[name], Tensor)
+                                            else state[name]).to(self.device, tensor.dtype)
+            tensor[used:] = 0
+        for name in self._TENSORS:
+            getattr(self, name).copy_(torch.as_tensor(state[name]))
+        for name in self._COUNTERS:
+            setattr(self, name, int(state[name]))
+        self.generator.set_state(state["generator"])
+        self._dirty.clear()
+        weight = self.priority if self.prioritized else torch.ones_like(self.priority)
+        self.tree.rebuild(torch.where(self.valid, weight, 0.0))
+
+
+def _cpu_prefix(tensor: Tensor, used: int) -> Tensor:
+    """tensor[:used] on the CPU. On a CPU the result shares the buffer's memory but owns a storage of
+    just that prefix (a plain slice would make torch.save write the whole storage)."""
+    if tensor.device.type != "cpu":
+        return tensor[:used].cpu()
+    return torch.from_numpy(tensor[:used].numpy())

@@ -83,7 +83,8 @@ def train(config: TrainConfig) -> Path:
     seed_everything(cfg.seed)
     agent_config = getattr(cfg, cfg.agent)
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
-                                seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
+                                seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile,
+                                cuda_graphs=cfg.cuda_graphs)
     start_step = loaded[1] if loaded is not None else 0
     logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress)
     trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
