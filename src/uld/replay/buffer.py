@@ -144,8 +144,9 @@ class ReplayBuffer:
         return (self.abs_reward_sum / self.num_transitions.clamp(min=1)).clamp(min=1e-8)
 
     def _as_index(self, index) -> Tensor:
-        if isinstance(index, Tensor):
-            return index.to(self.device, torch.int64)
+        if isinstance(index, Tensor):  # the buffer's own draws are already int64 on its device
+            return index if index.device == self.device and index.dtype == torch.int64 else \
+                index.to(self.device, torch.int64)
         return torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.device)
 
     def _ring(self, start: int, count: int) -> Tensor:
