@@ -36,18 +36,20 @@ def _is_cpu(device) -> bool:
 
 
 @contextmanager
-def host_reads_refused():
-    """For the duration of the block, reading a tensor's value on the host or moving it to the CPU raises."""
-    saved = {name: getattr(torch.Tensor, name) for name in
-             ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "__array__", "to")}
-    saved_from_numpy = torch.from_numpy
+def host_reads_refused(transfers: bool = True):
+    """For the duration of the block, reading a tensor's value on the host or moving it to the CPU raises.
 
+    transfers=False allows `.to(device)` and `torch.from_numpy` (for `add`, which copies the env's values in).
+    """
+    names = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "__array__")
+    saved = {name: getattr(torch.Tensor, name) for name in names + (("to",) if transfers else ())}
+    saved_from_numpy = torch.from_numpy
     def refuse(name):
         def method(*args, **kwargs):
             raise HostSync(f"Tensor.{name} inside an update")
         return method
 
-    original_to = saved["to"]
+    original_to = torch.Tensor.to
 
     def to(self, *args, **kwargs):
         # torch's own helpers move results to the device they already hold (clip_grad_norm_ does
@@ -63,7 +65,8 @@ def host_reads_refused():
     try:
         for name in saved:
             setattr(torch.Tensor, name, to if name == "to" else refuse(name))
-        torch.from_numpy = from_numpy
+        if transfers:
+            torch.from_numpy = from_numpy
         yield
     finally:
         for name, method in saved.items():

@@ -258,17 +258,18 @@ class ReplayBuffer:
     def update_priorities(self, index, td_error) -> None:
         """LAP: priority = max(|TD error|, min_priority) ** alpha (spec: Update schedule).
 
-        Where a start appears more than once in a batch, its last TD error counts. The maximum
-        priority, which new transitions enter with, is kept on the device.
+        Where a start appears more than once in a batch, its last TD error sets its priority; the
+        maximum priority, which new transitions enter with, is over every error of the batch (as
+        before, when repeated starts were written in turn), and stays on the device.
         """
         index = self._as_index(index)
         if index.shape[0] == 0:
             return
         td_error = torch.as_tensor(td_error, device=self.device)
         priority = td_error.double().abs().clamp(min=self.min_priority) ** self.alpha
+        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)  # over every error seen
         priority = priority[_last_occurrence(index)]
         self.priority[index] = priority
-        torch.maximum(self.max_priority, priority.max(), out=self.max_priority)
         if self.prioritized:
             self.tree.set(index, torch.where(self.valid[index], priority, 0.0))
 
