@@ -30,9 +30,11 @@ def test_every_array_counter_and_the_generator_live_on_the_buffer_device() -> No
     buffer = ReplayBuffer((1,), 1, 20, 3, seed=0)
     add_episode(buffer, 0, 5, "terminated")
     for name in ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority", "max_priority",
-                 "num_transitions", "abs_reward_sum", "ever_terminated"):
-        assert isinstance(getattr(buffer, name), torch.Tensor), name
-        assert getattr(buffer, name).device == buffer.device, name
+                 "num_transitions", "abs_reward_sum", "ever_terminated", "reward_scale"):
+        value = getattr(buffer, name)
+        value = value() if callable(value) else value
+        assert isinstance(value, torch.Tensor), name
+        assert value.device == buffer.device, name
     assert buffer.generator.device == buffer.device
     batch = buffer.sample(4, 3)
     for tensor in (batch.index, batch.obs, batch.action, batch.reward, batch.terminated):

@@ -26,6 +26,7 @@ the slots whose sampling weight changed since the last draw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -103,8 +104,11 @@ class ReplayBuffer:
         # Empty slots start at priority 0, never at uninitialised memory (spec: "correct" item 3).
         self.priority = zeros(capacity, dtype=torch.float64)
         self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
-        self.num_transitions = zeros(dtype=torch.int64)
-        self.abs_reward_sum = zeros(dtype=torch.float64)
+        # Stored transitions and their sum |r| = what was added (known on the host) minus what was
+        # overwritten (known only on the device, from the slots' contents).
+        self.transitions_added, self.abs_reward_added = 0, 0.0
+        self.transitions_forgotten = zeros(dtype=torch.int64)
+        self.abs_reward_forgotten = zeros(dtype=torch.float64)
         self.ever_terminated = zeros(dtype=torch.bool)
         self.tree = SumTree(capacity, self.device)
         self.generator = torch.Generator(self.device)
@@ -118,6 +122,16 @@ class ReplayBuffer:
     def __len__(self) -> int:
         """Transitions stored (reads a device value: for logging, not inside an update)."""
         return int(self.num_transitions)
+
+    @property
+    def num_transitions(self) -> Tensor:
+        """Transitions stored, a 0-d device tensor."""
+        return self.transitions_added - self.transitions_forgotten
+
+    @property
+    def abs_reward_sum(self) -> Tensor:
+        """Sum of |r| over the stored transitions, a 0-d float64 device tensor."""
+        return self.abs_reward_added - self.abs_reward_forgotten
 
     @property
     def can_sample(self) -> bool:
@@ -158,7 +172,7 @@ class ReplayBuffer:
     def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
         """Store one transition (s, a, r, s', terminated, truncated)."""
         p, nxt = self.ptr, (self.ptr + 1) % self.capacity
-        self._forget(self._ring(p, 2), [p, nxt])
+        self._forget([p, nxt])
         self._write(p, obs, action, reward, terminated)
         # s' goes to the next slot: the next transition's s_t when the episode goes on, the final
         # observation when it ends. Writing it now makes the window ending here complete at once.
@@ -192,27 +206,37 @@ class ReplayBuffer:
         self.terminated[p] = float(terminated)
         self.is_transition[p] = True
         self.priority[p] = self.max_priority
-        self.num_transitions += 1
-        self.abs_reward_sum += abs(float(reward))
+        self.transitions_added += 1
+        self.abs_reward_added += abs(float(reward))
         if terminated:
             self.ever_terminated.fill_(True)
 
-    def _forget(self, slots: Tensor, host_slots: list[int], where: Tensor | None = None) -> None:
+    def _forget(self, slots: list[int], where: Callable[[Tensor], Tensor] | None = None) -> None:
         """Drop whatever transitions and starts the given slots held before they are overwritten
-        (only where `where` is true, when given), computed on the device without reading it back."""
+        (only where `where(slots)` is true, when given), computed on the device without reading it back.
+
+        Slots never written hold nothing: until the ring wraps, there is nothing to do on the device.
+        """
+        if min(slots) >= self.used:
+            return
+        self._dirty.extend(slots)
+        slots = torch.tensor(slots).to(self.device, non_blocking=True)
+        where = None if where is None else where(slots)
         gone = self.is_transition[slots] if where is None else self.is_transition[slots] & where
-        self.num_transitions -= gone.sum()
-        self.abs_reward_sum -= (self.reward[slots].abs().double() * gone).sum()
+        self.transitions_forgotten += gone.sum()
+        self.abs_reward_forgotten += (self.reward[slots].abs().double() * gone).sum()
         if where is None:
             self.is_transition[slots] = False
             self.valid[slots] = False
         else:
             self.is_transition[slots] = self.is_transition[slots] & ~where
             self.valid[slots] = self.valid[slots] & ~where
-        self._dirty.extend(host_slots)
 
     def _validate(self, start: int, count: int) -> None:
-        self.valid[self._ring(start, count)] = True
+        if count == 1:
+            self.valid[start] = True
+        else:
+            self.valid[self._ring(start, count)] = True
         self._dirty.extend((start + i) % self.capacity for i in range(count))
 
     def refresh(self) -> None:
@@ -276,8 +300,8 @@ class ReplayBuffer:
     # ---- state --------------------------------------------------------------------------------
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
-    _TENSORS = ("max_priority", "num_transitions", "abs_reward_sum", "ever_terminated")
-    _COUNTERS = ("ptr", "used", "episode_step")
+    _TENSORS = ("max_priority", "transitions_forgotten", "abs_reward_forgotten", "ever_terminated")
+    _COUNTERS = ("ptr", "used", "episode_step", "transitions_added", "abs_reward_added")
 
     def state_dict(self) -> dict:
         """Everything needed to continue sampling exactly as before, as CPU tensors: the written slots
@@ -300,7 +324,7 @@ class ReplayBuffer:
         for name in self._TENSORS:
             getattr(self, name).copy_(torch.as_tensor(state[name]))
         for name in self._COUNTERS:
-            setattr(self, name, int(state[name]))
+            setattr(self, name, type(getattr(self, name))(state[name]))
         self.generator.set_state(state["generator"])
         self._dirty.clear()
         weight = self.priority if self.prioritized else torch.ones_like(self.priority)

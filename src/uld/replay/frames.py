@@ -99,9 +99,8 @@ class FrameStackBuffer(ReplayBuffer):
         the slot `distance` ahead is forgotten when its back-reference is at least `distance`."""
         if self.history == 1:
             return
-        slots = (self._distance + last_overwritten) % self.capacity
-        host_slots = [(last_overwritten + d) % self.capacity for d in range(1, self.history)]
-        self._forget(slots, host_slots, where=self.back[slots] >= self._distance)
+        slots = [(last_overwritten + distance) % self.capacity for distance in range(1, self.history)]
+        self._forget(slots, where=lambda slots: self.back[slots] >= self._distance)
 
     def gather(self, index, horizon: int) -> Batch:
         """The h-step subsequences that start at the given slots, with their observation stacks rebuilt.
