@@ -145,3 +145,45 @@ def test_state_dict_restores_the_generator_and_rebuilds_the_tree_bit_for_bit() -
         buffer.update_priorities(index_a, td)
         restored.update_priorities(index_b, td)
     assert torch.equal(restored.tree._tree, buffer.tree._tree)
+
+
+@pytest.mark.parametrize("frames", [False, True], ids=["vector", "frames"])
+def test_staged_adds_written_in_batches_equal_adds_written_one_by_one(frames: bool) -> None:
+    """Adds wait on the host and reach the device in batches (at most (capacity - H - history - 1) // 2
+    of them, 12 here). A buffer read after every add and one read only at the end hold the same tensors,
+    through three wraps of the ring with terminals, truncations and episodes shorter than the stack."""
+    def make():
+        if frames:
+            return FrameStackBuffer((3, 1, 1), 1, 32, 3, history=3, seed=0)
+        return ReplayBuffer((1,), 1, 32, 3, seed=0)
+
+    one_by_one, batched = make(), make()
+    assert batched._stage_limit == (12 if frames else 13)
+    rng = np.random.default_rng(4)
+    frame = 0
+    obs = np.full((3, 1, 1), frame, dtype=np.uint8) if frames else np.array([0.0], dtype=np.float32)
+    for step in range(100):
+        frame += 1
+        next_obs = np.concatenate([obs[1:], np.full((1, 1, 1), frame % 256, dtype=np.uint8)]) if frames else \
+            np.array([frame], dtype=np.float32)
+        end = rng.random() < 0.15
+        terminated, truncated = end and rng.random() < 0.5, end and rng.random() >= 0.5
+        action = np.array([rng.random()])
+        for buffer in (one_by_one, batched):
+            buffer.add(obs, action, float(step), next_obs, terminated, truncated)
+        one_by_one.valid  # reading writes the staged add
+        if terminated or truncated:
+            frame += 1
+            obs = np.full((3, 1, 1), frame % 256, dtype=np.uint8) if frames else np.array([frame], dtype=np.float32)
+        else:
+            obs = next_obs
+        if step == 64:
+            assert batched._stage.adds > 1  # adds are waiting on the host
+    names = ReplayBuffer._ARRAYS + ("transitions_forgotten", "abs_reward_forgotten", "ever_terminated") + \
+        (("back",) if frames else ())
+    for name in names:
+        assert torch.equal(getattr(batched, name), getattr(one_by_one, name)), name
+    assert len(batched) == len(one_by_one)
+    batched.refresh()
+    one_by_one.refresh()
+    assert torch.equal(batched.tree._tree, one_by_one.tree._tree)

@@ -25,8 +25,7 @@ the slots whose sampling weight changed since the last draw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,6 +54,23 @@ def _last_occurrence(index: Tensor) -> Tensor:
     positions = torch.arange(index.shape[0], device=index.device)
     same = index[:, None] == index[None, :]
     return torch.where(same, positions, -1).amax(1)
+
+
+STAGE_LIMIT = 1024
+"""Most adds held on the host before they are written to the device."""
+
+
+@dataclass
+class _Stage:
+    """Adds not yet written to the device: per slot, the last value written (as sequential writes leave it)."""
+
+    adds: int = 0
+    obs: dict = field(default_factory=dict)  # slot -> observation
+    transitions: dict = field(default_factory=dict)  # slot -> (action, reward, terminated), None: final observation
+    forget: dict = field(default_factory=dict)  # slot -> how far back its observation must reach to be forgotten
+    valid: list = field(default_factory=list)  # starts that became valid
+    back: dict = field(default_factory=dict)  # slot -> back-reference of its frame stack (FrameStackBuffer)
+    terminal: bool = False
 
 
 class ReplayBuffer:
@@ -95,29 +111,48 @@ class ReplayBuffer:
         if not isinstance(obs_dtype, torch.dtype):
             obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_dtype)).dtype
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
-        self.obs = zeros(capacity, *obs_shape, dtype=obs_dtype)
-        self.action = zeros(capacity, action_dim)
-        self.reward = zeros(capacity)
-        self.terminated = zeros(capacity)
-        self.is_transition = zeros(capacity, dtype=torch.bool)
-        self.valid = zeros(capacity, dtype=torch.bool)
+        self._obs = zeros(capacity, *obs_shape, dtype=obs_dtype)
+        self._action = zeros(capacity, action_dim)
+        self._reward = zeros(capacity)
+        self._terminated = zeros(capacity)
+        self._is_transition = zeros(capacity, dtype=torch.bool)
+        self._valid = zeros(capacity, dtype=torch.bool)
         # Empty slots start at priority 0, never at uninitialised memory (spec: "correct" item 3).
-        self.priority = zeros(capacity, dtype=torch.float64)
+        self._priority = zeros(capacity, dtype=torch.float64)
         self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
         # Stored transitions and their sum |r| = what was added (known on the host) minus what was
         # overwritten (known only on the device, from the slots' contents).
         self.transitions_added, self.abs_reward_added = 0, 0.0
-        self.transitions_forgotten = zeros(dtype=torch.int64)
-        self.abs_reward_forgotten = zeros(dtype=torch.float64)
-        self.ever_terminated = zeros(dtype=torch.bool)
+        self._transitions_forgotten = zeros(dtype=torch.int64)
+        self._abs_reward_forgotten = zeros(dtype=torch.float64)
+        self._ever_terminated = zeros(dtype=torch.bool)
         self.tree = SumTree(capacity, self.device)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
         self._dirty: list[int] = []  # slots whose tree leaf is stale; refreshed before the next draw
-        self._offsets = torch.arange(max(horizon, 2) + 1, device=self.device)  # ring offsets for windows
+        self._offsets = torch.arange(horizon + 1, device=self.device)  # ring offsets of a window
         self.ptr = 0  # slot of the next transition
         self.used = 0  # slots ever written (checkpoints store only these)
         self.episode_step = 0  # transitions of the episode in progress
+        self._stage = _Stage()
+        # Staged adds may span at most this many slots less than the ring (module docstring, Collection).
+        self._stage_limit = max(1, min(STAGE_LIMIT, (capacity - horizon - self._history() - 1) // 2))
+
+    def _history(self) -> int:
+        """How far back an observation reaches into earlier slots (frame stacks), plus one."""
+        return 1
+
+    # The stored arrays, always current: reading one first writes the staged adds to the device.
+    obs = property(lambda self: self._flushed()._obs)
+    action = property(lambda self: self._flushed()._action)
+    reward = property(lambda self: self._flushed()._reward)
+    terminated = property(lambda self: self._flushed()._terminated)
+    is_transition = property(lambda self: self._flushed()._is_transition)
+    valid = property(lambda self: self._flushed()._valid)
+    priority = property(lambda self: self._flushed()._priority)
+    ever_terminated = property(lambda self: self._flushed()._ever_terminated)
+    transitions_forgotten = property(lambda self: self._flushed()._transitions_forgotten)
+    abs_reward_forgotten = property(lambda self: self._flushed()._abs_reward_forgotten)
 
     def __len__(self) -> int:
         """Transitions stored (reads a device value: for logging, not inside an update)."""
@@ -163,93 +198,121 @@ class ReplayBuffer:
                 index.to(self.device, torch.int64)
         return torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.device)
 
-    def _ring(self, start: int, count: int) -> Tensor:
-        """The slots start, start + 1, ..., start + count - 1 of the ring, as a device tensor (no copy from the host)."""
-        return (self._offsets[:count] + start) % self.capacity
+    def _tensor(self, values, dtype: torch.dtype) -> Tensor:
+        """Host values as a tensor on the device: the one host-to-device copy of collection."""
+        return torch.as_tensor(np.asarray(values), dtype=dtype).to(self.device, non_blocking=True)
 
     # ---- collection ---------------------------------------------------------------------------
 
     def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
-        """Store one transition (s, a, r, s', terminated, truncated)."""
+        """Store one transition (s, a, r, s', terminated, truncated).
+
+        The bookkeeping is decided here, on the host, from what the environment reported; the
+        writes wait on the host until the next read of the buffer (module docstring, Collection).
+        """
+        if self._stage.adds >= self._stage_limit:
+            self._flush()
+        stage = self._stage
+        stage.adds += 1
         p, nxt = self.ptr, (self.ptr + 1) % self.capacity
-        self._forget([p, nxt])
-        self._write(p, obs, action, reward, terminated)
+        self._forget(p)
+        self._forget(nxt)
+        stage.obs[p] = np.array(obs, copy=True)
         # s' goes to the next slot: the next transition's s_t when the episode goes on, the final
         # observation when it ends. Writing it now makes the window ending here complete at once.
-        self.obs[nxt] = torch.as_tensor(next_obs).to(self.device, non_blocking=True)
+        stage.obs[nxt] = np.array(next_obs, copy=True)
+        stage.transitions[p] = (np.array(action, dtype=np.float32, copy=True), float(reward), float(terminated))
+        self.transitions_added += 1
+        self.abs_reward_added += abs(float(reward))
+        stage.terminal |= bool(terminated)
         self.used = max(self.used, min(p + 2, self.capacity))
 
         k, H = self.episode_step, self.horizon
         if terminated:
             # Every start of this episode whose window reaches the terminal becomes valid.
-            first = min(k, H - 1)
-            self._validate((p - first) % self.capacity, first + 1)
+            stage.valid.extend((p - i) % self.capacity for i in range(min(k, H - 1) + 1))
         elif k >= H - 1:
             # The window that ends exactly at this step is complete (also at a truncation).
-            self._validate((p - H + 1) % self.capacity, 1)
+            stage.valid.append((p - H + 1) % self.capacity)
 
         if terminated or truncated:
-            self.reward[nxt] = 0.0
-            self.terminated[nxt] = 0.0
-            self.action[nxt] = 0.0
+            stage.transitions[nxt] = None  # the final observation's slot holds no transition
             self.ptr = (p + 2) % self.capacity
             self.episode_step = 0
         else:
             self.ptr = nxt
             self.episode_step = k + 1
 
-    def _write(self, p: int, obs, action, reward: float, terminated: bool) -> None:
-        """Slot p's transition, with the maximum priority seen so far (spec: Replay buffer, LAP)."""
-        self.obs[p] = torch.as_tensor(obs).to(self.device, non_blocking=True)
-        self.action[p] = torch.as_tensor(action).to(self.device, non_blocking=True)
-        self.reward[p] = float(reward)
-        self.terminated[p] = float(terminated)
-        self.is_transition[p] = True
-        self.priority[p] = self.max_priority
-        self.transitions_added += 1
-        self.abs_reward_added += abs(float(reward))
-        if terminated:
-            self.ever_terminated.fill_(True)
+    def _forget(self, slot: int, reach: int = 0) -> None:
+        """Drop whatever transition and start a slot held before it is overwritten; with `reach` > 0,
+        only if the observation stored there reaches at least `reach` slots back (frame stacks).
 
-    def _forget(self, slots: list[int], where: Callable[[Tensor], Tensor] | None = None) -> None:
-        """Drop whatever transitions and starts the given slots held before they are overwritten
-        (only where `where(slots)` is true, when given), computed on the device without reading it back.
-
-        Slots never written hold nothing: until the ring wraps, there is nothing to do on the device.
+        A slot never written holds nothing. Otherwise its contents are on the device: the forget is
+        done there, from the contents before the staged adds, at the next flush.
         """
-        if min(slots) >= self.used:
-            return
-        self._dirty.extend(slots)
-        slots = torch.tensor(slots).to(self.device, non_blocking=True)
-        where = None if where is None else where(slots)
-        gone = self.is_transition[slots] if where is None else self.is_transition[slots] & where
-        self.transitions_forgotten += gone.sum()
-        self.abs_reward_forgotten += (self.reward[slots].abs().double() * gone).sum()
-        if where is None:
-            self.is_transition[slots] = False
-            self.valid[slots] = False
-        else:
-            self.is_transition[slots] = self.is_transition[slots] & ~where
-            self.valid[slots] = self.valid[slots] & ~where
+        if slot < self.used:
+            forget = self._stage.forget
+            forget[slot] = min(reach, forget.get(slot, reach))
 
-    def _validate(self, start: int, count: int) -> None:
-        if count == 1:
-            self.valid[start] = True
-        else:
-            self.valid[self._ring(start, count)] = True
-        self._dirty.extend((start + i) % self.capacity for i in range(count))
+    def _flushed(self) -> ReplayBuffer:
+        if self._stage.adds:
+            self._flush()
+        return self
+
+    def _flush(self) -> None:
+        """Write the staged adds to the device: forgets (on the contents before them), then the new
+        slots, then the starts they complete; the slots whose sampling weight changed become stale."""
+        stage, self._stage = self._stage, _Stage()
+        if stage.forget:
+            slots = self._tensor(list(stage.forget), torch.int64)
+            reach = self._tensor(list(stage.forget.values()), torch.int64)
+            gone = self._reaches_back(slots, reach)
+            lost = self._is_transition[slots] & gone
+            self._transitions_forgotten += lost.sum()
+            self._abs_reward_forgotten += (self._reward[slots].abs().double() * lost).sum()
+            self._is_transition[slots] = self._is_transition[slots] & ~gone
+            self._valid[slots] = self._valid[slots] & ~gone
+            self._dirty.extend(stage.forget)
+        slots = self._tensor(list(stage.obs), torch.int64)
+        self._obs[slots] = self._tensor(np.stack(list(stage.obs.values())), self._obs.dtype)
+        transitions = {slot: t for slot, t in stage.transitions.items() if t is not None}
+        if transitions:
+            slots = self._tensor(list(transitions), torch.int64)
+            action, reward, terminated = zip(*transitions.values())
+            self._action[slots] = self._tensor(np.stack(action), torch.float32)
+            self._reward[slots] = self._tensor(reward, torch.float32)
+            self._terminated[slots] = self._tensor(terminated, torch.float32)
+            self._is_transition[slots] = True
+            self._priority[slots] = self.max_priority  # LAP: new transitions enter at the maximum priority
+        finals = [slot for slot, t in stage.transitions.items() if t is None]
+        if finals:
+            slots = self._tensor(finals, torch.int64)
+            self._action[slots] = 0.0
+            self._reward[slots] = 0.0
+            self._terminated[slots] = 0.0
+        if stage.valid:
+            self._valid[self._tensor(stage.valid, torch.int64)] = True
+            self._dirty.extend(stage.valid)
+        if stage.terminal:
+            self._ever_terminated.fill_(True)
+
+    def _reaches_back(self, slots: Tensor, reach: Tensor) -> Tensor:
+        """Which of the slots to forget, given how far back their observation must reach (all, here)."""
+        return torch.ones_like(slots, dtype=torch.bool)
 
     def refresh(self) -> None:
-        """Bring the sum tree's leaves up to date with `valid` and `priority` (batched: adds stay O(1)).
+        """Write the staged adds, then bring the sum tree's leaves up to date with `valid` and
+        `priority` (batched: adds stay O(1)).
 
         An update calls this before it draws; with graphs, it runs before the captured updates, which
         then find nothing stale (the slot list varies in length, which a graph cannot replay).
         """
+        self._flushed()
         if self._dirty:
-            slots = torch.tensor(self._dirty, dtype=torch.int64).to(self.device, non_blocking=True)
+            slots = self._tensor(self._dirty, torch.int64)
             self._dirty.clear()
-            weight = self.priority[slots] if self.prioritized else torch.ones_like(self.priority[slots])
-            self.tree.set(slots, torch.where(self.valid[slots], weight, 0.0))
+            weight = self._priority[slots] if self.prioritized else torch.ones_like(self._priority[slots])
+            self.tree.set(slots, torch.where(self._valid[slots], weight, 0.0))
 
     # ---- sampling -----------------------------------------------------------------------------
 
@@ -286,6 +349,7 @@ class ReplayBuffer:
         maximum priority, which new transitions enter with, is over every error of the batch (as
         before, when repeated starts were written in turn), and stays on the device.
         """
+        self._flushed()  # staged transitions enter at the maximum priority from before this update
         index = self._as_index(index)
         if index.shape[0] == 0:
             return
@@ -301,6 +365,8 @@ class ReplayBuffer:
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
     _TENSORS = ("max_priority", "transitions_forgotten", "abs_reward_forgotten", "ever_terminated")
+    # state_dict writes the staged adds first (through the properties); load_state_dict writes into
+    # the tensors behind them.
     _COUNTERS = ("ptr", "used", "episode_step", "transitions_added", "abs_reward_added")
 
     def state_dict(self) -> dict:
@@ -315,20 +381,20 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict returned, writing into this buffer's tensors in place."""
+        self._stage, self._dirty = _Stage(), []
         used = int(state["used"])
         for name in self._ARRAYS:
-            tensor = getattr(self, name)
+            tensor = getattr(self, "_" + name)
             tensor[:used] = torch.as_tensor(np.asarray(state[name]) if not isinstance(state[name], Tensor)
                                             else state[name]).to(self.device, tensor.dtype)
             tensor[used:] = 0
         for name in self._TENSORS:
-            getattr(self, name).copy_(torch.as_tensor(state[name]))
+            getattr(self, name if name == "max_priority" else "_" + name).copy_(torch.as_tensor(state[name]))
         for name in self._COUNTERS:
             setattr(self, name, type(getattr(self, name))(state[name]))
         self.generator.set_state(state["generator"])
-        self._dirty.clear()
-        weight = self.priority if self.prioritized else torch.ones_like(self.priority)
-        self.tree.rebuild(torch.where(self.valid, weight, 0.0))
+        weight = self._priority if self.prioritized else torch.ones_like(self._priority)
+        self.tree.rebuild(torch.where(self._valid, weight, 0.0))
 
 
 def _cpu_prefix(tensor: Tensor, used: int) -> Tensor:

@@ -78,12 +78,18 @@ class FrameStackBuffer(ReplayBuffer):
         check_memory(self.frame_shape, action_dim, capacity, torch.device(device))
         super().__init__(self.frame_shape, action_dim, capacity, horizon, obs_dtype=torch.uint8, device=device,
                          **kwargs)
-        self.back = torch.zeros(capacity, dtype=torch.uint8, device=self.device)
-        self._distance = torch.arange(1, history, device=self.device)  # slots ahead of the writer
+        self._back = torch.zeros(capacity, dtype=torch.uint8, device=self.device)
         self._frame_offsets = torch.arange(1 - history, horizon + 1, device=self.device)  # s_0's stack .. s_H
+
+    back = property(lambda self: self._flushed()._back)
+
+    def _history(self) -> int:
+        return self.history
 
     def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
         """Store one transition (s, a, r, s', terminated, truncated); s and s' are whole stacks."""
+        if self._stage.adds >= self._stage_limit:
+            self._flush()
         channels = self.frame_shape[0]
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         p, nxt, step = self.ptr, (self.ptr + 1) % self.capacity, self.episode_step
@@ -91,16 +97,23 @@ class FrameStackBuffer(ReplayBuffer):
             raise ValueError("the first observation of an episode must repeat its first frame in every position")
         self._forget_broken_stacks(last_overwritten=nxt)
         super().add(obs[-channels:], action, reward, next_obs[-channels:], terminated, truncated)
-        self.back[p] = min(step, self.history - 1)
-        self.back[nxt] = min(step + 1, self.history - 1)
+        self._stage.back[p] = min(step, self.history - 1)
+        self._stage.back[nxt] = min(step + 1, self.history - 1)
 
     def _forget_broken_stacks(self, last_overwritten: int) -> None:
         """Forget the old slots just ahead of the writer whose stacks reach into the slots it overwrites:
         the slot `distance` ahead is forgotten when its back-reference is at least `distance`."""
-        if self.history == 1:
-            return
-        slots = [(last_overwritten + distance) % self.capacity for distance in range(1, self.history)]
-        self._forget(slots, where=lambda slots: self.back[slots] >= self._distance)
+        for distance in range(1, self.history):  # its stack reaches back to last_overwritten (or further)
+            self._forget((last_overwritten + distance) % self.capacity, reach=distance)
+
+    def _reaches_back(self, slots: Tensor, reach: Tensor) -> Tensor:
+        return self._back[slots] >= reach
+
+    def _flush(self) -> None:
+        back = self._stage.back
+        super()._flush()  # forgets read the back-references from before the staged adds
+        if back:
+            self._back[self._tensor(list(back), torch.int64)] = self._tensor(list(back.values()), torch.uint8)
 
     def gather(self, index, horizon: int) -> Batch:
         """The h-step subsequences that start at the given slots, with their observation stacks rebuilt.
