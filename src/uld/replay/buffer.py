@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uld.errors import UldError
 from uld.replay.sum_tree import SumTree
 
 
@@ -110,7 +111,7 @@ class ReplayBuffer:
         self.device = torch.device(device)
         if not isinstance(obs_dtype, torch.dtype):
             obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_dtype)).dtype
-        zeros = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
+        zeros = lambda *shape, dtype=torch.float32: _zeros(shape, dtype, self.device)  # noqa: E731
         self._obs = zeros(capacity, *obs_shape, dtype=obs_dtype)
         self._action = zeros(capacity, action_dim)
         self._reward = zeros(capacity)
@@ -381,6 +382,10 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict returned, writing into this buffer's tensors in place."""
+        if "generator" not in state:
+            raise UldError("this checkpoint was written by a uld whose replay lived in numpy on the host; it cannot "
+                           "continue with the device replay: finish it with the uld version that started it, or "
+                           "start a new run")
         self._stage, self._dirty = _Stage(), []
         used = int(state["used"])
         for name in self._ARRAYS:
@@ -395,6 +400,14 @@ class ReplayBuffer:
         self.generator.set_state(state["generator"])
         weight = self._priority if self.prioritized else torch.ones_like(self._priority)
         self.tree.rebuild(torch.where(self._valid, weight, 0.0))
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Zeros on the device. On a CPU through numpy, whose zeros are mapped lazily: a large replay takes
+    memory as it fills, not all at once when it is made (torch.zeros would write every page)."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def _cpu_prefix(tensor: Tensor, used: int) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from uld.errors import UldError
-from uld.replay.buffer import Batch, ReplayBuffer
+from uld.replay.buffer import Batch, ReplayBuffer, _zeros
 
 MEMORY_RESERVE = 1 << 30
 """Bytes left free beside the buffer for the networks, batches and the environments."""
@@ -78,7 +78,7 @@ class FrameStackBuffer(ReplayBuffer):
         check_memory(self.frame_shape, action_dim, capacity, torch.device(device))
         super().__init__(self.frame_shape, action_dim, capacity, horizon, obs_dtype=torch.uint8, device=device,
                          **kwargs)
-        self._back = torch.zeros(capacity, dtype=torch.uint8, device=self.device)
+        self._back = _zeros((capacity,), torch.uint8, self.device)
         self._frame_offsets = torch.arange(1 - history, horizon + 1, device=self.device)  # s_0's stack .. s_H
 
     back = property(lambda self: self._flushed()._back)

@@ -25,6 +25,7 @@ class SumTree:
         self._leaves = 1 << max(1, (capacity - 1).bit_length())
         self._depth = self._leaves.bit_length() - 1
         self._tree = torch.zeros(2 * self._leaves, dtype=torch.float64, device=device)
+        self.nbytes = self._tree.nbytes
         self._pairs = self._tree.view(-1, 2)  # row n: children of node n
 
     @property
