@@ -70,8 +70,9 @@ class SumTree:
         for _ in range(self._depth):
             children = self._pairs[node]
             left_mass, right_mass = children[:, 0], children[:, 1]
-            # Never descend into an empty subtree, even when rounding puts `mass` on its border.
-            go_right = ((mass >= left_mass) & (right_mass > 0)) | (left_mass <= 0)
+            # Never descend into an empty subtree, even when rounding puts `mass` on its border (an
+            # empty left subtree, mass >= 0, is left for the right one).
+            go_right = (mass >= left_mass) & (right_mass > 0)
             mass = torch.where(go_right, mass - left_mass, mass)
-            node = 2 * node + go_right
+            node = torch.add(go_right, node, alpha=2)  # 2 node + go_right
         return (node - self._leaves).clamp_(max=self.capacity - 1)
