@@ -13,14 +13,23 @@ are never sampled. Validity is kept incrementally: each added transition validat
 starts, and overwriting a slot invalidates only that slot, so adding is O(H); the sum tree is
 brought up to date in one batch before the next draw.
 
-Device. Every per-slot array, the sum tree, the running maximum priority, the reward-scale sums,
-the "ever terminated" flag and the sampling generator are tensors on one device (the agent's).
-`add` writes the values the environment produced (the only host-to-device traffic) and never reads
-a device value back: where it needs to know what a slot held (to forget it), it computes with
-tensors. Drawing, gathering and the priority update are tensor operations with fixed shapes, so an
-update can run them without synchronising with the host, or replay them inside a CUDA graph. The
-host keeps only what the environment tells it: the write position, the step in the episode, and
-the slots whose sampling weight changed since the last draw.
+Device. Every per-slot array, the sum tree, the running maximum priority, the count and |r| sum of
+the overwritten transitions, the "ever terminated" flag and the sampling generator are tensors on
+one device (the agent's). Drawing, gathering and the priority update are tensor operations with
+fixed shapes, so an update runs them without synchronising with the host, or replays them inside a
+CUDA graph. The host keeps only what the environment tells it: the write position, the step in the
+episode, the count and |r| sum of the transitions added, and the slots whose sampling weight changed
+since the last draw.
+
+Collection. `add` is the only host-to-device traffic, and it never reads a device value back. What
+an add changes follows from what the environment reported and is decided on the host; the values
+wait there (`_Stage`) and go to the device in one batch before the next read of the buffer (a draw,
+a priority update, a checkpoint, or any of the public arrays), at most STAGE_LIMIT adds or about half
+the ring at a time. A batch applies the forgets of overwritten slots to the contents from before it,
+then writes the new slots, then marks the starts they complete. Within half a ring, no slot that a
+batch forgets was written or validated earlier in the same batch, so this is the result of one add
+at a time (tests/test_device_replay.py compares both tensor for tensor). Slots never written hold
+nothing to forget: until the ring wraps, forgetting costs nothing.
 """
 
 from __future__ import annotations
