@@ -25,10 +25,10 @@ CONFIG = ULDConfig(batch_size=16, zs_dim=32, zsa_dim=32, za_dim=16, hidden_dim=3
                    buffer_capacity=500, random_steps=0)
 
 
-def _setup(spec: EnvSpec, graphs: bool, precision: str = "fp32"):
+def _setup(spec: EnvSpec, graphs: bool, precision: str = "fp32", device: str = "cuda"):
     torch.manual_seed(0)
-    agent = ULDAgent(spec, CONFIG, device="cuda", precision=precision, cuda_graphs=graphs)
-    buffer = make_buffer(spec, CONFIG, seed=0, device="cuda")
+    agent = ULDAgent(spec, CONFIG, device=device, precision=precision, cuda_graphs=graphs)
+    buffer = make_buffer(spec, CONFIG, seed=0, device=device)
     rng = np.random.default_rng(0)
     obs = np.zeros(spec.obs_shape, dtype=np.uint8) if spec.pixels else np.zeros(spec.obs_shape, dtype=np.float32)
     for t in range(120):
@@ -40,7 +40,7 @@ def _setup(spec: EnvSpec, graphs: bool, precision: str = "fp32"):
             rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
         end = t % 40 == 39
         buffer.add(obs, action, float(rng.normal()), next_obs, end and t < 80, end and t >= 80)
-        obs = np.repeat(next_obs[:2], 3, axis=0) if (end and spec.pixels) else next_obs
+        obs = np.concatenate([next_obs[:2]] * 3) if (end and spec.pixels) else next_obs
     return agent, buffer
 
 
