@@ -82,9 +82,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = []
     for domain, spec in SPECS.items():
-        buffer = make_buffer(spec, config, seed=0)
+        buffer = make_buffer(spec, config, seed=0, device=args.device)
         fill(buffer, spec, args.transitions)
-        sample = [time_call(lambda: buffer.sample(config.batch_size, config.enc_horizon, args.device).obs.float())
+        sample = [time_call(lambda: buffer.sample(config.batch_size, config.enc_horizon).obs.float())
                   for _ in range(args.repeats)]
         steps = {}
         for precision in ("fp32", "bf16"):
@@ -134,7 +134,7 @@ def main() -> None:
             env = make_env(name, seed=0)
             torch.manual_seed(0)
             agent = ULDAgent(env.spec, config, device=args.device)
-            buffer = make_buffer(env.spec, config, seed=0)
+            buffer = make_buffer(env.spec, config, seed=0, device=args.device)
             fill(buffer, env.spec, args.transitions)
             agent.update(buffer)  # warm-up
             print(f"{name:<24} {end_to_end(agent, buffer, env, args.e2e_steps):>24.2f}")

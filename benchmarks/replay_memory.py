@@ -51,7 +51,7 @@ def measure_layout(domain: str) -> dict:
     capacity = 100_000
     buffer = FrameStackBuffer(obs_shape, action_dim, capacity, 5, history=history)
     arrays = {name: getattr(buffer, name).nbytes for name in buffer._ARRAYS}
-    arrays["tree"] = buffer.tree.state_dict()["tree"].nbytes
+    arrays["tree"] = buffer.tree.nbytes
     per_slot = sum(arrays.values()) / capacity
     stacked = per_slot - arrays["obs"] / capacity + int(np.prod(obs_shape))  # whole stacks instead of frames
     return {"frame_bytes": arrays["obs"] / capacity, "bytes_per_slot": per_slot, "stacked_bytes_per_slot": stacked,

@@ -252,13 +252,13 @@ def test_critic_batch_priorities_are_updated_and_encoder_batches_leave_them(monk
     samples, updates, critic_td = [], [], []
     sample, update_priorities, critic_loss = buffer.sample, buffer.update_priorities, losses.critic_loss
 
-    def recording_sample(batch_size, horizon, device="cpu"):
-        batch = sample(batch_size, horizon, device)
-        samples.append((horizon, batch.index.copy()))
+    def recording_sample(batch_size, horizon):
+        batch = sample(batch_size, horizon)
+        samples.append((horizon, batch.index.numpy().copy()))
         return batch
 
     def recording_update(index, td_error):
-        updates.append((index.copy(), np.asarray(td_error).copy()))
+        updates.append((index.numpy().copy(), td_error.numpy().copy()))
         update_priorities(index, td_error)
 
     def recording_critic_loss(value, zsa, y, *rest):
@@ -270,7 +270,7 @@ def test_critic_batch_priorities_are_updated_and_encoder_batches_leave_them(monk
     monkeypatch.setattr(buffer, "update_priorities", recording_update)
     monkeypatch.setattr(losses, "critic_loss", recording_critic_loss)
 
-    before = buffer.priority.copy()
+    before = buffer.priority.numpy().copy()
     agent.update(buffer)  # training step 1: 4 encoder batches (H_enc = 5), then one critic batch (H_Q = 3)
     assert [h for h, _ in samples] == [5, 5, 5, 5, 3]
     assert len(updates) == 1
@@ -284,8 +284,8 @@ def test_critic_batch_priorities_are_updated_and_encoder_batches_leave_them(monk
     # Encoder-batch starts that were not in the critic batch keep their old priority.
     encoder_only = np.setdiff1d(np.concatenate([i for _, i in samples[:-1]]), index)
     assert len(encoder_only) > 0
-    assert np.all(buffer.priority[encoder_only] == high)
-    assert np.all(buffer.priority[index] < high)
+    assert np.all(buffer.priority.numpy()[encoder_only] == high)
+    assert np.all(buffer.priority.numpy()[index] < high)
     # The sampling weights follow.
     np.testing.assert_allclose(buffer.sampling_weight(np.arange(buffer.capacity)), buffer.priority * buffer.valid)
 
@@ -366,7 +366,7 @@ def test_pixel_agent_updates_on_uint8_frames() -> None:
     config = small_config(target_update_period=2)
     agent = ULDAgent(spec, config)
     buffer = filled(spec, config)
-    assert buffer.obs.dtype == np.uint8
+    assert buffer.obs.dtype == torch.uint8
     for _ in range(3):
         metrics = agent.update(buffer)
     assert all(torch.isfinite(v).all() for v in metrics.values())
@@ -411,7 +411,7 @@ def test_bf16_updates_see_the_weights_of_the_previous_step(monkeypatch) -> None:
     for t in range(100):
         buffer.add(rng.normal(size=3), rng.uniform(-1, 1, 2), rng.normal(), rng.normal(size=3), False, t % 50 == 49)
     fixed = buffer.sample(8, config.horizon)
-    monkeypatch.setattr(buffer, "sample", lambda batch_size, horizon, device="cpu": buffer.gather(fixed.index, horizon))
+    monkeypatch.setattr(buffer, "sample", lambda batch_size, horizon: buffer.gather(fixed.index, horizon))
     seen = []
     encoder_loss = losses.encoder_loss
 

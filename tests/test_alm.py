@@ -347,7 +347,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     for _ in range(3):
         agent.update(buffer)
     state = agent.state_dict()
-    buffer_state = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in buffer.state_dict().items()}
+    buffer_state = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in buffer.state_dict().items()}
     restored = tiny_agent(seed=99)
     restored.load_state_dict(state)
     assert restored.training_step == 3

@@ -303,33 +303,54 @@ def test_same_seed_same_samples() -> None:
 # --- sum tree -------------------------------------------------------------------------------------------
 
 
-def test_sum_tree_set_many_keeps_every_inner_node_the_sum_of_its_children() -> None:
+def _t(values, dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
+def _generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def test_sum_tree_set_keeps_every_inner_node_the_sum_of_its_children() -> None:
     tree = SumTree(5)
-    tree.set_many(np.array([0, 2, 4]), np.array([1.0, 2.0, 3.0]))
-    assert tree.total == 6.0
-    assert tree.get(np.arange(5)).tolist() == [1.0, 0.0, 2.0, 0.0, 3.0]
-    tree.set_one(2, 0.5)
-    tree.set_many(np.array([1, 1]), np.array([7.0, 9.0]))  # duplicates: the last value wins
-    assert tree.get(np.arange(5)).tolist() == [1.0, 9.0, 0.5, 0.0, 3.0]
-    assert tree.total == 13.5
+    tree.set(_t([0, 2, 4], torch.int64), _t([1.0, 2.0, 3.0]))
+    assert tree.total.item() == 6.0
+    assert tree.get(torch.arange(5)).tolist() == [1.0, 0.0, 2.0, 0.0, 3.0]
+    tree.set(_t([2], torch.int64), _t([0.5]))
+    tree.set(_t([1, 1], torch.int64), _t([9.0, 9.0]))  # repeated leaves carry one value
+    assert tree.get(torch.arange(5)).tolist() == [1.0, 9.0, 0.5, 0.0, 3.0]
+    assert tree.total.item() == 13.5
     inner = tree._tree
     for node in range(1, tree._leaves):
         assert inner[node] == inner[2 * node] + inner[2 * node + 1]
 
 
+def test_sum_tree_rebuild_gives_the_tree_of_incremental_sets_bit_for_bit() -> None:
+    leaves = torch.rand(13, dtype=torch.float64, generator=_generator(3)) * 7
+    incremental, rebuilt = SumTree(13), SumTree(13)
+    incremental.set(torch.arange(13), leaves)
+    incremental.set(_t([4, 11], torch.int64), _t([0.25, 1e-3]))
+    leaves[[4, 11]] = _t([0.25, 1e-3])
+    rebuilt.rebuild(leaves)
+    assert torch.equal(incremental._tree, rebuilt._tree)
+
+
 def test_sum_tree_samples_in_proportion_and_never_draws_zero_weight_leaves() -> None:
     tree = SumTree(7)
-    tree.set_many(np.array([1, 3, 6]), np.array([1.0, 3.0, 4.0]))
-    draws = tree.sample(40_000, np.random.default_rng(0))
-    counts = np.bincount(draws, minlength=7)
+    tree.set(_t([1, 3, 6], torch.int64), _t([1.0, 3.0, 4.0]))
+    draws = tree.sample(40_000, _generator(0))
+    assert draws.dtype == torch.int64
+    counts = np.bincount(draws.numpy(), minlength=7)
     assert counts[[0, 2, 4, 5]].sum() == 0
     np.testing.assert_allclose(counts[[1, 3, 6]] / 40_000, [1 / 8, 3 / 8, 4 / 8], atol=0.01)
 
 
 def test_sum_tree_with_a_single_positive_leaf_always_draws_it() -> None:
     tree = SumTree(20)
-    tree.set_one(13, 1e-12)
-    assert set(tree.sample(1000, np.random.default_rng(1)).tolist()) == {13}
+    tree.set(_t([13], torch.int64), _t([1e-12]))
+    assert set(tree.sample(1000, _generator(1)).tolist()) == {13}
 
 
 @settings(max_examples=100, deadline=None)
@@ -338,23 +359,23 @@ def test_sum_tree_with_a_single_positive_leaf_always_draws_it() -> None:
     updates=st.lists(st.tuples(st.integers(0, 39), st.floats(0.0, 100.0)), min_size=1, max_size=30),
     batched=st.booleans(),
 )
-def test_sum_tree_set_many_and_set_one_agree_with_a_plain_array(capacity, updates, batched) -> None:
+def test_sum_tree_set_agrees_with_a_plain_array(capacity, updates, batched) -> None:
     tree, weights = SumTree(capacity), np.zeros(capacity)
-    updates = [(i % capacity, w) for i, w in updates]
+    updates = list({i % capacity: w for i, w in updates}.items())  # one weight per leaf and call
     if batched:
         index = np.array([i for i, _ in updates])
         value = np.array([w for _, w in updates])
-        tree.set_many(index, value)
+        tree.set(torch.from_numpy(index), torch.from_numpy(value))
         weights[index] = value
     else:
         for i, w in updates:
-            tree.set_one(i, w)
+            tree.set(_t([i], torch.int64), _t([w]))
             weights[i] = w
-    np.testing.assert_array_equal(tree.get(np.arange(capacity)), weights)
-    assert tree.total == pytest.approx(weights.sum(), rel=1e-12, abs=1e-12)
+    np.testing.assert_array_equal(tree.get(torch.arange(capacity)).numpy(), weights)
+    assert tree.total.item() == pytest.approx(weights.sum(), rel=1e-12, abs=1e-12)
     if weights.sum() > 0:
-        draws = tree.sample(256, np.random.default_rng(0))
-        assert np.all(weights[draws] > 0)
+        draws = tree.sample(256, _generator(0))
+        assert np.all(weights[draws.numpy()] > 0)
 
 
 # --- property: valid starts, counts and sampled windows against a brute force -----------------------------

@@ -68,6 +68,33 @@ def test_half_then_resume_equals_straight(tmp_path, env):
     assert torch.equal(a["buffer"]["priority"], b["buffer"]["priority"])
 
 
+def test_resume_between_target_copies_restores_every_tensor_of_the_device_replay(tmp_path):
+    """Stopped at step 130 (training step 30: ten updates after the last target copy and encoder burst,
+    T = 20), resumed to 150: every tensor of the replay (its slots, priorities, maximum priority,
+    counters and the sampling generator's state), the agent and its optimizers equal the straight run's."""
+    straight = train(_config(tmp_path / "straight", 150))
+    split = tmp_path / "split"
+    train(_config(split, 130))
+    train(_config(split, 150))
+    # The split run also evaluated at its stop, step 130 (a run evaluates at its last step), which moved
+    # its evaluation env on: evaluations agree up to there, and the training state to the bit.
+    assert _returns(straight)[:2] == _returns(split)[:2]
+    (a, _), (b, _) = _final_state(straight), _final_state(split)
+    _assert_same_agent(a, b)
+    for name in ("encoder_optimizer", "value_optimizer", "policy_optimizer"):
+        for index, state in a["agent"][name]["state"].items():
+            for key, tensor in state.items():
+                assert torch.equal(tensor, b["agent"][name]["state"][index][key]), (name, index, key)
+    assert a["agent"]["counters"] == b["agent"]["counters"]
+    assert a["buffer"].keys() == b["buffer"].keys()
+    assert "generator" in a["buffer"] and a["buffer"]["generator"].dtype == torch.uint8
+    for key, value in a["buffer"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["buffer"][key]), key
+        else:
+            assert value == b["buffer"][key], key
+
+
 def test_alm_half_then_resume_equals_straight(tmp_path):
     """The same for ALM: its agent, its FIFO replay and its exploration schedule resume exactly."""
     from uld.agents.alm.config import reduced_config as reduced_alm

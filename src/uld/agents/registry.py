@@ -46,6 +46,8 @@ class BuildContext:
     """The run's budget in agent steps (a replay may size itself by it)."""
     compiled: bool = False
     """torch.compile the networks."""
+    cuda_graphs: bool = True
+    """On a CUDA device, replay the updates as CUDA graphs (agents that have no graphed path ignore it)."""
 
 
 @dataclass(frozen=True)

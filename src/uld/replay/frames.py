@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from uld.errors import UldError
-from uld.replay.buffer import Batch, ReplayBuffer
+from uld.replay.buffer import Batch, ReplayBuffer, _zeros
 
 MEMORY_RESERVE = 1 << 30
 """Bytes left free beside the buffer for the networks, batches and the environments."""
@@ -52,19 +53,19 @@ class FrameStackBuffer(ReplayBuffer):
 
     Same public API as ReplayBuffer: ``add`` takes whole stacks (history * C, H, W), ``gather`` and
     ``sample`` return them. Raises UldError before allocating when the buffer cannot fit in the
-    memory available.
+    memory available on its device.
 
     Args:
         obs_shape: shape of one observation stack, (history * C, H, W).
         action_dim, capacity, horizon: as for ReplayBuffer.
         history: frames per observation.
-        **kwargs: the rest of ReplayBuffer's options (prioritized, alpha, min_priority, seed).
+        **kwargs: the rest of ReplayBuffer's options (prioritized, alpha, min_priority, seed, device).
     """
 
     _ARRAYS = ReplayBuffer._ARRAYS + ("back",)
 
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, capacity: int, horizon: int, *,
-                 history: int, **kwargs):
+                 history: int, device: torch.device | str = "cpu", **kwargs):
         stacked_channels, height, width = obs_shape
         if history < 1 or stacked_channels % history:
             raise ValueError(f"{stacked_channels} channels do not split into a history of {history} frames")
@@ -74,12 +75,21 @@ class FrameStackBuffer(ReplayBuffer):
             raise ValueError(f"capacity {capacity} must exceed the horizon {horizon} plus the history {history}")
         self.history = history
         self.frame_shape = (stacked_channels // history, height, width)
-        check_memory(self.frame_shape, action_dim, capacity)
-        super().__init__(self.frame_shape, action_dim, capacity, horizon, obs_dtype=np.uint8, **kwargs)
-        self.back = np.zeros(capacity, dtype=np.uint8)
+        check_memory(self.frame_shape, action_dim, capacity, torch.device(device))
+        super().__init__(self.frame_shape, action_dim, capacity, horizon, obs_dtype=torch.uint8, device=device,
+                         **kwargs)
+        self._back = _zeros((capacity,), torch.uint8, self.device)
+        self._frame_offsets = torch.arange(1 - history, horizon + 1, device=self.device)  # s_0's stack .. s_H
+
+    back = property(lambda self: self._flushed()._back)
+
+    def _history(self) -> int:
+        return self.history
 
     def add(self, obs, action, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
         """Store one transition (s, a, r, s', terminated, truncated); s and s' are whole stacks."""
+        if self._stage.adds >= self._stage_limit:
+            self._flush()
         channels = self.frame_shape[0]
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         p, nxt, step = self.ptr, (self.ptr + 1) % self.capacity, self.episode_step
@@ -87,17 +97,25 @@ class FrameStackBuffer(ReplayBuffer):
             raise ValueError("the first observation of an episode must repeat its first frame in every position")
         self._forget_broken_stacks(last_overwritten=nxt)
         super().add(obs[-channels:], action, reward, next_obs[-channels:], terminated, truncated)
-        self.back[p] = min(step, self.history - 1)
-        self.back[nxt] = min(step + 1, self.history - 1)
+        self._stage.back[p] = min(step, self.history - 1)
+        self._stage.back[nxt] = min(step + 1, self.history - 1)
 
     def _forget_broken_stacks(self, last_overwritten: int) -> None:
-        """Forget the old slots just ahead of the writer whose stacks reach into the slots it overwrites."""
-        for distance in range(1, self.history):
-            slot = (last_overwritten + distance) % self.capacity
-            if self.back[slot] >= distance:  # its stack reaches back to last_overwritten (or further)
-                self._forget(slot)
+        """Forget the old slots just ahead of the writer whose stacks reach into the slots it overwrites:
+        the slot `distance` ahead is forgotten when its back-reference is at least `distance`."""
+        for distance in range(1, self.history):  # its stack reaches back to last_overwritten (or further)
+            self._forget((last_overwritten + distance) % self.capacity, reach=distance)
 
-    def gather(self, index: np.ndarray, horizon: int, device: torch.device | str = "cpu") -> Batch:
+    def _reaches_back(self, slots: Tensor, reach: Tensor) -> Tensor:
+        return self._back[slots] >= reach
+
+    def _flush(self) -> None:
+        back = self._stage.back
+        super()._flush()  # forgets read the back-references from before the staged adds
+        if back:
+            self._back[self._tensor(list(back), torch.int64)] = self._tensor(list(back.values()), torch.uint8)
+
+    def gather(self, index, horizon: int) -> Batch:
         """The h-step subsequences that start at the given slots, with their observation stacks rebuilt.
 
         ``obs`` is (B, h + 1, history * C, H, W) uint8: a view into the (B, h + history, C, H, W)
@@ -105,24 +123,19 @@ class FrameStackBuffer(ReplayBuffer):
         """
         if horizon > self.horizon:
             raise ValueError(f"horizon {horizon} exceeds the buffer's horizon {self.horizon}")
-        index = np.asarray(index)
-        offsets = np.arange(1 - self.history, horizon + 1)  # frames of s_0's stack, then of s_1 .. s_h
-        offsets = np.maximum(offsets, -self.back[index].astype(np.int64)[:, None])  # the episode's first frame
-        frames = torch.from_numpy(self.obs[(index[:, None] + offsets) % self.capacity]).to(device)
+        index = self._as_index(index)
+        offsets = self._frame_offsets[: horizon + self.history]  # frames of s_0's stack, then of s_1 .. s_h
+        offsets = torch.maximum(offsets, -self.back[index].long()[:, None])  # the episode's first frame
+        frames = self.obs[(index[:, None] + offsets) % self.capacity]
         # (B, h + history, C, H, W) -> windows of `history` frames: (B, h + 1, C, H, W, history).
         stacks = frames.unfold(1, self.history, 1).permute(0, 1, 5, 2, 3, 4)
-        trans = (index[:, None] + np.arange(horizon)) % self.capacity
-        return Batch(
-            index=index,
-            obs=stacks.flatten(2, 3),
-            action=torch.from_numpy(self.action[trans]).to(device),
-            reward=torch.from_numpy(self.reward[trans]).to(device),
-            terminated=torch.from_numpy(self.terminated[trans]).to(device),
-        )
+        trans = (index[:, None] + self._offsets[:horizon]) % self.capacity
+        return Batch(index=index, obs=stacks.flatten(2, 3), action=self.action[trans], reward=self.reward[trans],
+                     terminated=self.terminated[trans])
 
-    def stack(self, slot: int) -> np.ndarray:
+    def stack(self, slot: int) -> Tensor:
         """The observation stored at ``slot``, rebuilt as the env produced it: (history * C, H, W)."""
-        offsets = np.maximum(np.arange(1 - self.history, 1), -int(self.back[slot]))
+        offsets = torch.clamp(self._frame_offsets[: self.history], min=-int(self.back[slot]))
         return self.obs[(slot + offsets) % self.capacity].reshape(-1, *self.frame_shape[1:])
 
 
@@ -140,13 +153,15 @@ def buffer_bytes(frame_shape: tuple[int, ...], action_dim: int, capacity: int) -
     return capacity * bytes_per_slot(frame_shape, action_dim) + 2 * tree_leaves * 8
 
 
-def check_memory(frame_shape: tuple[int, ...], action_dim: int, capacity: int) -> None:
-    """Raise UldError when a buffer of ``capacity`` slots would not fit in the memory available now.
+def check_memory(frame_shape: tuple[int, ...], action_dim: int, capacity: int,
+                 device: torch.device = torch.device("cpu")) -> None:
+    """Raise UldError when a buffer of ``capacity`` slots would not fit in the memory available now
+    (host memory for a CPU buffer, the GPU's free memory for a CUDA one).
 
-    numpy allocates lazily, so without this a too-large buffer would fail (or swap) hours into a run,
-    once it filled up, instead of at the start.
+    Host memory is allocated lazily, so without this a too-large buffer would fail (or swap) hours
+    into a run, once it filled up, instead of at the start.
     """
-    available = available_memory()
+    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     needed = buffer_bytes(frame_shape, action_dim, capacity)
     if available is None or needed + MEMORY_RESERVE <= available:
         return
@@ -155,6 +170,6 @@ def check_memory(frame_shape: tuple[int, ...], action_dim: int, capacity: int) -
     fits = int(fits // 10_000 * 10_000) if fits >= 10_000 else int(fits)
     raise UldError(
         f"The replay buffer needs {_gigabytes(needed)} for {capacity:,} slots of {frame_shape} uint8 frames "
-        f"but only {_gigabytes(available)} of memory is available (of which {_gigabytes(MEMORY_RESERVE)} is "
-        f"kept for the rest of the run); lower --uld.buffer-capacity to {fits:,} or less."
+        f"but only {_gigabytes(available)} of memory is available on {device.type} (of which "
+        f"{_gigabytes(MEMORY_RESERVE)} is kept for the rest of the run); lower --uld.buffer-capacity to {fits:,} or less."
     )

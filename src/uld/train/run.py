@@ -178,7 +178,8 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
     seed_everything(cfg.seed)
     agent_config = cfg.agent_config
     agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
-                                seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile)
+                                seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile,
+                                cuda_graphs=cfg.cuda_graphs)
     start_step = loaded[1] if loaded is not None else 0
     sinks = []
     if cfg.wandb:

@@ -12,7 +12,7 @@ def build(spec, config: ALMConfig, context: BuildContext):
 
     # The agent refuses discrete actions and pixels before the buffer allocates anything.
     agent = ALMAgent(spec, config, device=context.device, precision=context.precision, compiled=context.compiled)
-    return agent, make_buffer(spec, config, context.seed, context.total_steps)
+    return agent, make_buffer(spec, config, context.seed, context.total_steps, context.device)
 
 
 AGENT = register_agent(AgentSpec(

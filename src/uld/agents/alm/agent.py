@@ -107,8 +107,8 @@ class ALMAgent:
         """One training iteration: model, reward + classifier, critic, actor, then the targets."""
         cfg = self.config
         std = self.exploration_std
-        sequences = buffer.sample(cfg.batch_size, cfg.seq_len, self.device)
-        transitions = buffer.sample(cfg.batch_size, 1, self.device)
+        sequences = buffer.sample(cfg.batch_size, cfg.seq_len)
+        transitions = buffer.sample(cfg.batch_size, 1)
         obs, next_obs = transitions.obs[:, 0], transitions.obs[:, 1]
         action, reward, terminated = transitions.action[:, 0], transitions.reward[:, 0], transitions.terminated[:, 0]
         metrics: dict[str, Tensor] = {}
@@ -168,7 +168,8 @@ class ALMAgent:
         self.training_step = int(state["counters"]["training_step"])
 
 
-def make_buffer(spec: EnvSpec, config: ALMConfig, seed: int, total_steps: int) -> ReplayBuffer:
+def make_buffer(spec: EnvSpec, config: ALMConfig, seed: int, total_steps: int,
+                device: str | torch.device = "cpu") -> ReplayBuffer:
     """ALM's FIFO replay: uniform K-step sequences; transitions are its 1-step prefixes (spec: replay).
 
     The ring keeps min(capacity, total steps) transitions, plus one slot per time-limited episode for
@@ -178,4 +179,4 @@ def make_buffer(spec: EnvSpec, config: ALMConfig, seed: int, total_steps: int) -
     transitions = config.capacity_for(spec.name, total_steps)
     slots = transitions + transitions // max(spec.max_episode_steps, 1) + 1
     return ReplayBuffer(spec.obs_shape, spec.action_dim, max(slots, config.seq_len + 2), config.seq_len,
-                        prioritized=False, seed=seed)
+                        prioritized=False, seed=seed, device=device)

@@ -11,8 +11,9 @@ def build(spec, config: ULDConfig, context: BuildContext):
     """The ULD agent and its LAP-prioritized replay."""
     from uld.agents.uld.agent import ULDAgent, make_buffer
 
-    agent = ULDAgent(spec, config, device=context.device, precision=context.precision, compiled=context.compiled)
-    return agent, make_buffer(spec, config, context.seed)
+    agent = ULDAgent(spec, config, device=context.device, precision=context.precision, compiled=context.compiled,
+                     cuda_graphs=context.cuda_graphs)
+    return agent, make_buffer(spec, config, context.seed, context.device)
 
 
 AGENT = register_agent(AgentSpec(

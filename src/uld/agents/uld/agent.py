@@ -12,6 +12,7 @@ from torch import Tensor
 from uld.agents.compile import compile_networks
 from uld.agents.uld import losses
 from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.graphs import UpdateGraphs
 from uld.agents.uld.networks import Encoder, Policy, Value
 from uld.envs.base import EnvSpec
 from uld.replay.buffer import ReplayBuffer
@@ -37,16 +38,20 @@ def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
     return obs.flatten(-2).gather(-1, index).view(*lead, c, h, w)
 
 
-def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with the fused kernel: one pass over all parameters (6x faster than foreach on a CPU)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8, fused=True)
+def _adamw(params, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW with the fused kernel: one pass over all parameters (6x faster than foreach on a CPU).
+
+    capturable: the step counts live on the device, so that the step can be replayed in a CUDA graph.
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8, fused=True,
+                             capturable=capturable)
 
 
 class ULDAgent:
     """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings."""
 
     def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
-                 precision: str = "fp32", compiled: bool = False):
+                 precision: str = "fp32", compiled: bool = False, cuda_graphs: bool = True):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.spec = spec
@@ -71,13 +76,23 @@ class ULDAgent:
                                for part in (encoder.state_encoder, encoder.state_action_encoder, encoder.model)
                                if not isinstance(part, torch.nn.Linear)),
                              self.policy, self.policy_target, self.value, self.value_target)
-        self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay)
-        self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay)
-        self.policy_optimizer = _adamw(self.policy.parameters(), cfg.policy_lr, cfg.weight_decay)
+        # CUDA graphs replay the two kinds of update on a GPU (uld/agents/uld/graphs.py); elsewhere the
+        # eager update runs as written.
+        self.graphs = UpdateGraphs(self.device) if cuda_graphs and self.device.type == "cuda" else None
+        capturable = self.graphs is not None
+        self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay, capturable)
+        self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay, capturable)
+        self.policy_optimizer = _adamw(self.policy.parameters(), cfg.policy_lr, cfg.weight_decay, capturable)
         self.bins = losses.reward_bins(cfg.num_bins, cfg.bin_range).to(self.device)
         self.training_step = 0
-        self.reward_scale = 1.0
-        self.target_reward_scale = 1.0
+        # Device tensors, so that an update reads them without a host sync (and a graph reads the current value).
+        self.reward_scale = torch.ones((), dtype=torch.float64, device=self.device)
+        self.target_reward_scale = torch.ones((), dtype=torch.float64, device=self.device)
+        self._target_pairs = [
+            (list(target.parameters()) + list(target.buffers()), list(online.parameters()) + list(online.buffers()))
+            for online, target in ((self.encoder, self.encoder_target), (self.policy, self.policy_target),
+                                   (self.value, self.value_target))
+        ]
 
     # ---- acting -------------------------------------------------------------------------------
 
@@ -104,28 +119,37 @@ class ULDAgent:
         Autocast keeps the bf16 copies of the weights it made until its block exits, so each block
         must end before the optimizer step that changes those weights: one block per forward pass.
         """
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        # Inside a CUDA graph the cast weights are not cached: a cached copy would be baked into the graph.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
+                              cache_enabled=self.graphs is None)
 
     def update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
-        """One training iteration: maybe a target copy and encoder burst, then value and policy."""
+        """One training iteration: maybe a target copy and encoder burst, then value and policy.
+
+        The schedule is decided on the host from the step count; the updates themselves read and
+        write device tensors only (no value comes back to the host), so they can be replayed as CUDA
+        graphs: `self.graphs.run` replays the captured update, or runs the function as written.
+        """
         cfg = self.config
         self.training_step += 1
+        buffer.refresh()  # the slots written since the last update enter the sum tree before any draw
+        run = self.graphs.run if self.graphs is not None else (lambda kind, update, buffer: update(buffer))
         metrics: dict[str, Tensor] = {}
         if (self.training_step - 1) % cfg.target_update_period == 0:
             self._copy_targets()
-            self.target_reward_scale = self.reward_scale
+            self.target_reward_scale.copy_(self.reward_scale)
             if cfg.reward_scaling:
-                self.reward_scale = buffer.reward_scale()
+                self.reward_scale.copy_(buffer.reward_scale())
             if cfg.model_based_representation:
                 for _ in range(cfg.target_update_period):
-                    metrics.update(self._update_encoder(buffer))
-        metrics.update(self._update_value_and_policy(buffer))
+                    metrics.update(run("encoder", self._update_encoder, buffer))
+        metrics.update(run("value_policy", self._update_value_and_policy, buffer))
         return metrics
 
     def _copy_targets(self) -> None:
-        for online, target in ((self.encoder, self.encoder_target), (self.policy, self.policy_target),
-                               (self.value, self.value_target)):
-            target.load_state_dict(online.state_dict())
+        """Hard target copies (spec: Update schedule), in place: the targets keep their tensors."""
+        for target, online in self._target_pairs:
+            torch._foreach_copy_(target, online)
 
     @property
     def _encoder_for_targets(self) -> Encoder:
@@ -147,7 +171,7 @@ class ULDAgent:
     def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
         H = cfg.enc_horizon
-        batch = buffer.sample(cfg.batch_size, cfg.encoder_window, self.device)
+        batch = buffer.sample(cfg.batch_size, cfg.encoder_window)
         obs = self._prepare_obs(batch.obs[:, : H + 1])  # (H + 1, B, ...)
         next_action = None
         with torch.no_grad(), self._autocast():
@@ -177,7 +201,7 @@ class ULDAgent:
 
     def _update_value_and_policy(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
-        batch = buffer.sample(cfg.batch_size, cfg.q_horizon, self.device)
+        batch = buffer.sample(cfg.batch_size, cfg.q_horizon)
         # Steps 0 and q_horizon of the q_horizon + 1 sampled, as a strided view rather than a copy.
         obs = self._prepare_obs(batch.obs[:, :: cfg.q_horizon])  # (2, B, ...)
         with torch.no_grad(), self._autocast():
@@ -217,7 +241,7 @@ class ULDAgent:
         self.encoder.requires_grad_(True)
         self.value.requires_grad_(True)
 
-        buffer.update_priorities(batch.index, td_error.cpu().numpy())
+        buffer.update_priorities(batch.index, td_error)
         metrics.update(actor_metrics)
         return metrics
 
@@ -229,8 +253,8 @@ class ULDAgent:
     def state_dict(self) -> dict:
         """Networks, targets, optimizers, reward scales and counters."""
         state = {name: getattr(self, name).state_dict() for name in self._MODULES}
-        state["counters"] = {"training_step": self.training_step, "reward_scale": self.reward_scale,
-                             "target_reward_scale": self.target_reward_scale}
+        state["counters"] = {"training_step": self.training_step, "reward_scale": self.reward_scale.cpu().clone(),
+                             "target_reward_scale": self.target_reward_scale.cpu().clone()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -238,18 +262,21 @@ class ULDAgent:
             getattr(self, name).load_state_dict(state[name])
         counters = state["counters"]
         self.training_step = int(counters["training_step"])
-        self.reward_scale = float(counters["reward_scale"])
-        self.target_reward_scale = float(counters["target_reward_scale"])
+        self.reward_scale.copy_(torch.as_tensor(counters["reward_scale"]))
+        self.target_reward_scale.copy_(torch.as_tensor(counters["target_reward_scale"]))
+        if self.graphs is not None:
+            self.graphs.reset()  # the optimizers' state tensors were replaced: capture again
 
 
-def make_buffer(spec: EnvSpec, config: ULDConfig, seed: int) -> ReplayBuffer:
-    """The replay ULD learns from: LAP-prioritized H-step subsequences (spec: Replay buffer).
+def make_buffer(spec: EnvSpec, config: ULDConfig, seed: int, device: str | torch.device = "cpu") -> ReplayBuffer:
+    """The replay ULD learns from: LAP-prioritized H-step subsequences (spec: Replay buffer), on `device`.
 
     Pixel observations go to a FrameStackBuffer, which stores each frame once and rebuilds the stacks.
     """
-    options = dict(prioritized=config.prioritized, alpha=config.alpha, min_priority=config.min_priority, seed=seed)
+    options = dict(prioritized=config.prioritized, alpha=config.alpha, min_priority=config.min_priority, seed=seed,
+                   device=device)
     if spec.pixels:
         return FrameStackBuffer(spec.obs_shape, spec.action_dim, config.buffer_capacity, config.horizon,
                                 history=spec.frame_history, **options)
     return ReplayBuffer(spec.obs_shape, spec.action_dim, config.buffer_capacity, config.horizon,
-                        obs_dtype=np.float32, **options)
+                        obs_dtype=torch.float32, **options)

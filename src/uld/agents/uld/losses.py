@@ -64,14 +64,14 @@ def encoder_loss(
     dynamics_weight: float,
     reward_weight: float,
     done_weight: float,
-    use_done: bool,
+    use_done: bool | Tensor,
     next_action: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """The latent model unrolled H_enc steps from zs = f(s_0) (spec: Losses, Encoder).
 
     target_zs[:, i] = f_target(s_{i+1}). Predicted zs are fed back as they leave the head; steps
-    after a terminal are masked; terms are summed over the unroll. `use_done` is False until the
-    environment has ever terminated. Design study: with `next_action` (a_{i+1}), the dynamics term
+    after a terminal are masked; terms are summed over the unroll. `use_done` is False (or a false
+    tensor) until the environment has ever terminated. Design study: with `next_action` (a_{i+1}), the dynamics term
     compares g(predicted zs, a_{i+1}) with target_zs[:, i] = g_target(f_target(s_{i+1}), a_{i+1}).
     """
     zs = encoder.f(obs0)
@@ -86,9 +86,9 @@ def encoder_loss(
         reward_ce = reward_ce + (mask * ce).mean()
         done_mse = done_mse + (mask * (done_pred.squeeze(-1).float() - terminated[:, i]).pow(2)).mean()
         mask = mask * (1.0 - terminated[:, i])
-    loss = dynamics_weight * dynamics + reward_weight * reward_ce
-    if use_done:
-        loss = loss + done_weight * done_mse
+    # The done term counts once the environment has ever terminated: a gate of 0 or 1 (a device
+    # tensor in the agent, so that the update never branches on a value it would have to read back).
+    loss = dynamics_weight * dynamics + reward_weight * reward_ce + done_weight * (done_mse * use_done)
     return loss, {
         "encoder/loss": loss.detach(),
         "encoder/dynamics": dynamics.detach(),
@@ -103,8 +103,8 @@ def critic_target(
     next_q: Tensor,
     discount: float,
     horizon: int,
-    reward_scale: float,
-    target_reward_scale: float,
+    reward_scale: float | Tensor,
+    target_reward_scale: float | Tensor,
     clipped_double_q: bool = True,
 ) -> Tensor:
     """y = (R + ND gamma^H min_j Q_target_j * target_reward_scale) / reward_scale. next_q: (B, 2).
