@@ -151,9 +151,9 @@ def test_update_schedule_target_copies_encoder_bursts_and_reward_scales(monkeypa
 
     critic_target = losses.critic_target
 
-    def recording_critic_target(R, ND, next_q, discount, horizon, reward_scale, target_reward_scale, *rest):
-        scales.append((reward_scale, target_reward_scale))
-        return critic_target(R, ND, next_q, discount, horizon, reward_scale, target_reward_scale, *rest)
+    def recording_critic_target(R, ND, next_q, **options):
+        scales.append((options["reward_scale"], options["target_reward_scale"]))
+        return critic_target(R, ND, next_q, **options)
 
     monkeypatch.setattr(agent, "_copy_targets", recording_copy)
     monkeypatch.setattr(agent, "_update_encoder", recording_encoder_update)
@@ -261,8 +261,8 @@ def test_critic_batch_priorities_are_updated_and_encoder_batches_leave_them(monk
         updates.append((index.numpy().copy(), td_error.numpy().copy()))
         update_priorities(index, td_error)
 
-    def recording_critic_loss(value, zsa, y, *rest):
-        loss, td_error, metrics = critic_loss(value, zsa, y, *rest)
+    def recording_critic_loss(value, zsa, y, **options):
+        loss, td_error, metrics = critic_loss(value, zsa, y, **options)
         critic_td.append(td_error.clone())
         return loss, td_error, metrics
 
