@@ -13,7 +13,7 @@ from torch import nn
 
 from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent
-from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.config import ULDConfig, reduced_config
 from uld.envs.base import EnvSpec
 from uld.replay.buffer import ReplayBuffer
 
@@ -151,9 +151,9 @@ def test_update_schedule_target_copies_encoder_bursts_and_reward_scales(monkeypa
 
     critic_target = losses.critic_target
 
-    def recording_critic_target(R, ND, next_q, discount, horizon, reward_scale, target_reward_scale, *rest):
-        scales.append((reward_scale, target_reward_scale))
-        return critic_target(R, ND, next_q, discount, horizon, reward_scale, target_reward_scale, *rest)
+    def recording_critic_target(R, ND, next_q, **options):
+        scales.append((options["reward_scale"], options["target_reward_scale"]))
+        return critic_target(R, ND, next_q, **options)
 
     monkeypatch.setattr(agent, "_copy_targets", recording_copy)
     monkeypatch.setattr(agent, "_update_encoder", recording_encoder_update)
@@ -261,8 +261,8 @@ def test_critic_batch_priorities_are_updated_and_encoder_batches_leave_them(monk
         updates.append((index.numpy().copy(), td_error.numpy().copy()))
         update_priorities(index, td_error)
 
-    def recording_critic_loss(value, zsa, y, *rest):
-        loss, td_error, metrics = critic_loss(value, zsa, y, *rest)
+    def recording_critic_loss(value, zsa, y, **options):
+        loss, td_error, metrics = critic_loss(value, zsa, y, **options)
         critic_td.append(td_error.clone())
         return loss, td_error, metrics
 
@@ -457,7 +457,8 @@ def test_encoder_update_pairs_each_subsequence_with_its_own_targets(pixels):
 
     def loss_with(target):
         loss, _ = losses.encoder_loss(agent.encoder, obs[:, 0], batch.action, batch.reward, terminated, target,
-                                      agent.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, True)
+                                      bins=agent.bins, dynamics_weight=cfg.dynamics_weight,
+                                      reward_weight=cfg.reward_weight, done_weight=cfg.done_weight, use_done=True)
         return loss.item()
 
     with torch.no_grad():
@@ -467,3 +468,33 @@ def test_encoder_update_pairs_each_subsequence_with_its_own_targets(pixels):
     assert abs(mispaired - expected) > 1e-3 * abs(expected)  # the check below can tell the two apart
     metrics = agent._update_encoder(_FixedBatches(batch))
     assert metrics["encoder/loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_agents_loaded_from_one_state_dict_do_not_share_optimizer_state():
+    """ULD loads optimizer state with the shared rule (agents/common.py): a deep copy, so stepping one agent
+    leaves the Adam moments of another agent loaded from the same state dict untouched."""
+    spec = EnvSpec(name="toy", obs_shape=(3,), action_dim=2, discrete=False, pixels=False, max_episode_steps=50)
+    config = reduced_config(batch_size=8, hidden_dim=16, zs_dim=16, zsa_dim=16, za_dim=8, target_update_period=2,
+                            buffer_capacity=200)
+    torch.manual_seed(0)
+    source = ULDAgent(spec, config)
+    buffer = make_buffer(spec, config, seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal(3).astype(np.float32)
+    for step in range(60):
+        next_obs = rng.standard_normal(3).astype(np.float32)
+        buffer.add(obs, rng.uniform(-1, 1, 2).astype(np.float32), float(rng.standard_normal()), next_obs, False,
+                   step % 20 == 19)
+        obs = next_obs
+    source.update(buffer)
+    state = source.state_dict()
+    first, second = ULDAgent(spec, config), ULDAgent(spec, config)
+    first.load_state_dict(state)
+    second.load_state_dict(state)
+    moments = [s["exp_avg"].clone() for s in second.value_optimizer.state.values()]
+    first.update(buffer)
+    after = [s["exp_avg"] for s in second.value_optimizer.state.values()]
+    assert len(moments) > 0
+    assert all(torch.equal(a, b) for a, b in zip(moments, after))
+    changed = [s["exp_avg"] for s in first.value_optimizer.state.values()]
+    assert any(not torch.equal(a, b) for a, b in zip(moments, changed))

@@ -80,8 +80,9 @@ def test_dynamics_target_zsa_needs_one_more_step_and_compares_embeddings():
     with torch.no_grad():
         target = agent.encoder_target.g(agent.encoder_target.f(batch.obs[:, 1:6]), batch.action[:, 1:6])
     loss, metrics = losses.encoder_loss(agent.encoder, batch.obs[:, 0], batch.action[:, :5], batch.reward[:, :5],
-                                        batch.terminated[:, :5], target, agent.bins, 1.0, 0.0, 0.0, False,
-                                        batch.action[:, 1:6])
+                                        batch.terminated[:, :5], target, bins=agent.bins, dynamics_weight=1.0,
+                                        reward_weight=0.0, done_weight=0.0, use_done=False,
+                                        next_action=batch.action[:, 1:6])
     assert target.shape == (8, 5, 16) and torch.isfinite(loss)
 
 
@@ -96,16 +97,18 @@ def test_no_reward_scaling_keeps_the_scale_at_one():
 def test_clipped_double_q_and_mse_switch_the_target_and_the_loss():
     R, ND = torch.tensor([1.0]), torch.tensor([1.0])
     next_q = torch.tensor([[2.0, 4.0]])
-    assert losses.critic_target(R, ND, next_q, 0.5, 1, 1.0, 1.0, True).item() == 2.0  # 1 + 0.5 * 2
-    assert losses.critic_target(R, ND, next_q, 0.5, 1, 1.0, 1.0, False).item() == 2.5  # 1 + 0.5 * 3
+    assert losses.critic_target(R, ND, next_q, discount=0.5, horizon=1, reward_scale=1.0,
+                                 target_reward_scale=1.0, clipped_double_q=True).item() == 2.0  # 1 + 0.5 * 2
+    assert losses.critic_target(R, ND, next_q, discount=0.5, horizon=1, reward_scale=1.0,
+                                 target_reward_scale=1.0, clipped_double_q=False).item() == 2.5  # 1 + 0.5 * 3
 
     class Fixed(torch.nn.Module):
         def forward(self, zsa):
             return torch.tensor([[0.0, 3.0]])
 
     y = torch.tensor([[1.0]])
-    huber, _, _ = losses.critic_loss(Fixed(), None, y, "huber")
-    mse, _, _ = losses.critic_loss(Fixed(), None, y, "mse")
+    huber, _, _ = losses.critic_loss(Fixed(), None, y, loss_type="huber")
+    mse, _, _ = losses.critic_loss(Fixed(), None, y, loss_type="mse")
     assert huber.item() == pytest.approx((0.5 + 1.5) / 2)  # |e|=1 -> 0.5; |e|=2 -> 1.5
     assert mse.item() == pytest.approx((1.0 + 4.0) / 2)
 

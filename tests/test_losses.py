@@ -150,14 +150,14 @@ def test_actor_loss_is_minus_mean_q_plus_pre_activation_penalty() -> None:
     policy = Policy(4, 2, 8, discrete=False, gumbel_tau=10.0)
     zs = encoder.f(torch.randn(6, 3)).detach()
     assert ULDConfig().pre_activation_weight == 1e-5
-    loss, metrics = losses.actor_loss(encoder, value, policy, zs, 1e-5)
+    loss, metrics = losses.actor_loss(encoder, value, policy, zs, pre_activation_weight=1e-5)
     pre = policy.mlp(zs)
     q = value(encoder.g(zs, torch.tanh(pre)))
     expected = -q.mean() + 1e-5 * pre.pow(2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
     assert metrics["actor/pre_activation"].item() == pytest.approx(pre.pow(2).mean().item(), rel=1e-6)
     # The penalty enters linearly with its weight.
-    heavy, _ = losses.actor_loss(encoder, value, policy, zs, 0.5)
+    heavy, _ = losses.actor_loss(encoder, value, policy, zs, pre_activation_weight=0.5)
     assert (heavy - loss).item() == pytest.approx((0.5 - 1e-5) * pre.pow(2).mean().item(), rel=1e-5)
 
 
@@ -205,7 +205,7 @@ def test_encoder_loss_counts_steps_up_to_the_terminal_only(use_done: bool) -> No
     torch.manual_seed(2)
     encoder = _tiny_encoder()
     batch = _encoder_batch()
-    loss, metrics = losses.encoder_loss(encoder, *batch[:4], batch[4], BINS, 1.0, 0.1, 0.1, use_done)
+    loss, metrics = losses.encoder_loss(encoder, *batch[:4], batch[4], bins=BINS, dynamics_weight=1.0, reward_weight=0.1, done_weight=0.1, use_done=use_done)
     # row 0: steps 0 and 1 (the terminal step counts); row 1: all four steps
     expected = _manual_encoder_loss(encoder, *batch, counted_steps=[2, H_ENC], use_done=use_done)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -216,18 +216,18 @@ def test_encoder_loss_ignores_data_after_the_terminal() -> None:
     torch.manual_seed(3)
     encoder = _tiny_encoder()
     obs0, action, reward, terminated, target_zs = _encoder_batch()
-    loss, _ = losses.encoder_loss(encoder, obs0, action, reward, terminated, target_zs, BINS, 1.0, 0.1, 0.1, True)
+    loss, _ = losses.encoder_loss(encoder, obs0, action, reward, terminated, target_zs, bins=BINS, dynamics_weight=1.0, reward_weight=0.1, done_weight=0.1, use_done=True)
     # Row 0 terminates after step 1: scramble everything of row 0 from step 2 on.
     action2, reward2, terminated2, target2 = action.clone(), reward.clone(), terminated.clone(), target_zs.clone()
     action2[0, 2:] = -action2[0, 2:]
     reward2[0, 2:] = torch.tensor([5_000.0, -77.0])
     terminated2[0, 2:] = torch.tensor([1.0, 0.0])
     target2[0, 2:] = 100.0
-    changed, _ = losses.encoder_loss(encoder, obs0, action2, reward2, terminated2, target2, BINS, 1.0, 0.1, 0.1, True)
+    changed, _ = losses.encoder_loss(encoder, obs0, action2, reward2, terminated2, target2, bins=BINS, dynamics_weight=1.0, reward_weight=0.1, done_weight=0.1, use_done=True)
     assert changed.item() == pytest.approx(loss.item(), rel=1e-6)
     # The same change in row 1 (no terminal) does change the loss.
     target2[1, 2:] = 100.0
-    changed_row1, _ = losses.encoder_loss(encoder, obs0, action2, reward2, terminated2, target2, BINS, 1.0, 0.1, 0.1, True)
+    changed_row1, _ = losses.encoder_loss(encoder, obs0, action2, reward2, terminated2, target2, bins=BINS, dynamics_weight=1.0, reward_weight=0.1, done_weight=0.1, use_done=True)
     assert changed_row1.item() > loss.item() + 1.0
 
 
@@ -235,15 +235,15 @@ def test_encoder_loss_done_term_only_counts_with_use_done() -> None:
     torch.manual_seed(4)
     encoder = _tiny_encoder()
     batch = _encoder_batch()
-    with_done, metrics = losses.encoder_loss(encoder, *batch, BINS, 1.0, 0.1, 0.1, True)
-    without_done, metrics_off = losses.encoder_loss(encoder, *batch, BINS, 1.0, 0.1, 0.1, False)
+    with_done, metrics = losses.encoder_loss(encoder, *batch, bins=BINS, dynamics_weight=1.0, reward_weight=0.1, done_weight=0.1, use_done=True)
+    without_done, metrics_off = losses.encoder_loss(encoder, *batch, bins=BINS, dynamics_weight=1.0, reward_weight=0.1, done_weight=0.1, use_done=False)
     done_mse = metrics["encoder/done_mse"].item()
     assert done_mse > 0
     assert (with_done - without_done).item() == pytest.approx(0.1 * done_mse, rel=1e-5)
     dyn, ce = metrics_off["encoder/dynamics"].item(), metrics_off["encoder/reward_ce"].item()
     assert without_done.item() == pytest.approx(1.0 * dyn + 0.1 * ce, rel=1e-6)
     # The weights are applied as given.
-    weighted, _ = losses.encoder_loss(encoder, *batch, BINS, 2.0, 0.5, 3.0, True)
+    weighted, _ = losses.encoder_loss(encoder, *batch, bins=BINS, dynamics_weight=2.0, reward_weight=0.5, done_weight=3.0, use_done=True)
     assert weighted.item() == pytest.approx(2.0 * dyn + 0.5 * ce + 3.0 * done_mse, rel=1e-5)
 
 
@@ -251,8 +251,8 @@ def test_encoder_loss_feeds_the_predicted_zs_back_and_backpropagates_into_f() ->
     torch.manual_seed(5)
     encoder = _tiny_encoder()
     obs0, action, reward, terminated, target_zs = _encoder_batch()
-    loss, _ = losses.encoder_loss(encoder, obs0, action, reward, torch.zeros(2, H_ENC), target_zs, BINS,
-                                  1.0, 0.0, 0.0, True)
+    loss, _ = losses.encoder_loss(encoder, obs0, action, reward, torch.zeros(2, H_ENC), target_zs, bins=BINS,
+                                  dynamics_weight=1.0, reward_weight=0.0, done_weight=0.0, use_done=True)
     # Dynamics only: rebuild the unroll by hand from the head's own predictions.
     zs, expected = encoder.f(obs0), 0.0
     for i in range(H_ENC):

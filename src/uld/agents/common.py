@@ -23,13 +23,14 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
+def autocast(device: torch.device, precision: str, cache: bool = True) -> torch.autocast:
     """bf16 autocast for a loss's forward pass when asked for (losses and optimizer states stay fp32).
 
     One block per forward pass: autocast keeps the bf16 copy of every weight it casts until its block
-    exits, so a block spanning an optimizer step would go on using the old weights.
+    exits, so a block spanning an optimizer step would go on using the old weights. ``cache=False``
+    inside a CUDA graph: a cached copy would be baked into the graph.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache)
 
 
 @contextmanager

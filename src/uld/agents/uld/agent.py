@@ -1,14 +1,13 @@
-"""The ULD agent: acting, and the update schedule of spec/ULD.md (Update schedule, Acting)."""
+"""The ULD agent: acting, and the update schedule of docs/algorithm.md (Update schedule, Acting)."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from uld.agents.common import autocast, check_precision, frozen, load_parts_state_dict, parts_state_dict, target_copy
 from uld.agents.compile import compile_networks
 from uld.agents.uld import losses
 from uld.agents.uld.config import ULDConfig
@@ -52,10 +51,8 @@ class ULDAgent:
 
     def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
                  precision: str = "fp32", compiled: bool = False, cuda_graphs: bool = True):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.spec = spec
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.config = config.for_discrete() if spec.discrete else config
         self.device = torch.device(device)
         cfg = self.config
@@ -64,9 +61,9 @@ class ULDAgent:
                                nonlinear_model=cfg.latent_model == "mlp").to(self.device)
         self.policy = Policy(cfg.zs_dim, spec.action_dim, cfg.hidden_dim, spec.discrete, cfg.gumbel_tau).to(self.device)
         self.value = Value(cfg.zsa_dim, cfg.hidden_dim, linear=cfg.value_model == "linear").to(self.device)
-        self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
-        self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
-        self.value_target = copy.deepcopy(self.value).requires_grad_(False)
+        self.encoder_target = target_copy(self.encoder)
+        self.policy_target = target_copy(self.policy)
+        self.value_target = target_copy(self.value)
         if compiled:
             # The Encoder has no forward of its own: its parts are compiled, except the single Linear
             # layers (action encoder, linear latent model). One GEMM has nothing to fuse, and every
@@ -83,6 +80,12 @@ class ULDAgent:
         self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay, capturable)
         self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay, capturable)
         self.policy_optimizer = _adamw(self.policy.parameters(), cfg.policy_lr, cfg.weight_decay, capturable)
+        # The critic gives the encoder no gradient (docs/algorithm.md, Critic), except in the design
+        # study's variant without a model-based representation, where the critic loss trains it.
+        self.critic_trains_encoder = not cfg.model_based_representation
+        self._value_step_optimizers = [self.value_optimizer]
+        if self.critic_trains_encoder:
+            self._value_step_optimizers.append(self.encoder_optimizer)
         self.bins = losses.reward_bins(cfg.num_bins, cfg.bin_range).to(self.device)
         self.training_step = 0
         # Device tensors, so that an update reads them without a host sync (and a graph reads the current value).
@@ -105,7 +108,7 @@ class ULDAgent:
         sigma = self.config.exploration_noise
         if self.spec.discrete:
             if not explore:
-                return int(pre.argmax(-1))  # greedy evaluation (spec: "correct" item 5)
+                return int(pre.argmax(-1))  # greedy evaluation (docs/algorithm.md, difference 5)
             return int((action + sigma * torch.randn_like(action)).argmax(-1))
         if explore:
             action = (action + sigma * torch.randn_like(action)).clamp(-1, 1)
@@ -114,14 +117,8 @@ class ULDAgent:
     # ---- learning -----------------------------------------------------------------------------
 
     def _autocast(self):
-        """bf16 autocast for the matmuls when asked for (losses and optimizer states stay fp32).
-
-        Autocast keeps the bf16 copies of the weights it made until its block exits, so each block
-        must end before the optimizer step that changes those weights: one block per forward pass.
-        """
-        # Inside a CUDA graph the cast weights are not cached: a cached copy would be baked into the graph.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
-                              cache_enabled=self.graphs is None)
+        """bf16 autocast for one forward pass when asked for (agents/common.py); not cached inside CUDA graphs."""
+        return autocast(self.device, self.precision, cache=self.graphs is None)
 
     def update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         """One training iteration: maybe a target copy and encoder burst, then value and policy.
@@ -147,7 +144,8 @@ class ULDAgent:
         return metrics
 
     def _copy_targets(self) -> None:
-        """Hard target copies (spec: Update schedule), in place: the targets keep their tensors."""
+        """Hard target copies (docs/algorithm.md, Update schedule), in place: the targets keep their tensors,
+        which a CUDA graph reads by address."""
         for target, online in self._target_pairs:
             torch._foreach_copy_(target, online)
 
@@ -164,7 +162,7 @@ class ULDAgent:
         of one block rather than a copy (for pixels the augmentation writes that order directly).
         """
         obs = obs.transpose(0, 1)
-        if self.spec.pixels:  # uint8 frames: the encoder scales them (spec: Networks, pixel encoder)
+        if self.spec.pixels:  # uint8 frames: the encoder scales them (docs/algorithm.md, Networks)
             return shift_augment(obs) if self.config.pixel_augmentation else obs
         return obs.float()
 
@@ -182,9 +180,10 @@ class ULDAgent:
                 target = target_encoder.g(target, next_action)
         with self._autocast():
             loss, metrics = losses.encoder_loss(
-                self.encoder, obs[0], batch.action[:, :H], batch.reward[:, :H], batch.terminated[:, :H], target,
-                self.bins, cfg.dynamics_weight, cfg.reward_weight, cfg.done_weight, buffer.ever_terminated,
-                next_action,
+                self.encoder, obs0=obs[0], action=batch.action[:, :H], reward=batch.reward[:, :H],
+                terminated=batch.terminated[:, :H], target_zs=target, bins=self.bins,
+                dynamics_weight=cfg.dynamics_weight, reward_weight=cfg.reward_weight, done_weight=cfg.done_weight,
+                use_done=buffer.ever_terminated, next_action=next_action,
             )
         self.encoder_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,8 +199,17 @@ class ULDAgent:
         return (action + noise).clamp(-1, 1)
 
     def _update_value_and_policy(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
+        """A value step, then a policy step, on one batch of H_Q-step subsequences; then the batch's priorities."""
+        batch = buffer.sample(self.config.batch_size, self.config.q_horizon)
+        zs, td_error, metrics = self._value_step(batch)
+        metrics.update(self._policy_step(zs))
+        buffer.update_priorities(batch.index, td_error)
+        return metrics
+
+    def _value_step(self, batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The critic's update (docs/algorithm.md, Critic). Returns zs = f(s_0), detached, for the policy
+        step, and |Q - y| for the priorities."""
         cfg = self.config
-        batch = buffer.sample(cfg.batch_size, cfg.q_horizon)
         # Steps 0 and q_horizon of the q_horizon + 1 sampled, as a strided view rather than a copy.
         obs = self._prepare_obs(batch.obs[:, :: cfg.q_horizon])  # (2, B, ...)
         with torch.no_grad(), self._autocast():
@@ -209,40 +217,31 @@ class ULDAgent:
             target_encoder = self._encoder_for_targets
             zs_next = target_encoder.f(obs[1])
             next_q = self.value_target(target_encoder.g(zs_next, self._target_action(zs_next)))
-            y = losses.critic_target(R, ND, next_q, cfg.discount, cfg.q_horizon,
-                                     self.reward_scale, self.target_reward_scale, cfg.clipped_double_q)
-        # The critic gives the encoder no gradient, except in the design study's variant without a
-        # model-based representation, where the critic loss is what trains the encoder.
+            y = losses.critic_target(R, ND, next_q, discount=cfg.discount, horizon=cfg.q_horizon,
+                                     reward_scale=self.reward_scale, target_reward_scale=self.target_reward_scale,
+                                     clipped_double_q=cfg.clipped_double_q)
         with self._autocast():
-            with torch.set_grad_enabled(not cfg.model_based_representation):
+            with torch.set_grad_enabled(self.critic_trains_encoder):
                 zs = self.encoder.f(obs[0])
                 zsa = self.encoder.g(zs, batch.action[:, 0])
-            value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, cfg.critic_loss)
-        zs = zs.detach()
-
-        self.value_optimizer.zero_grad(set_to_none=True)
-        if not cfg.model_based_representation:
-            self.encoder_optimizer.zero_grad(set_to_none=True)
+            value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, loss_type=cfg.critic_loss)
+        for optimizer in self._value_step_optimizers:
+            optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.value_grad_clip, foreach=True)
-        self.value_optimizer.step()
-        if not cfg.model_based_representation:
-            self.encoder_optimizer.step()
+        for optimizer in self._value_step_optimizers:
+            optimizer.step()
+        return zs.detach(), td_error, metrics
 
-        # The actor's gradient flows through g and Q to the action only: no weight gradients there.
-        self.encoder.requires_grad_(False)
-        self.value.requires_grad_(False)
-        with self._autocast():  # a new block: the value weights changed in the step above
-            policy_loss, actor_metrics = losses.actor_loss(self.encoder, self.value, self.policy, zs,
-                                                           cfg.pre_activation_weight)
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        policy_loss.backward()
+    def _policy_step(self, zs: Tensor) -> dict[str, Tensor]:
+        """The actor's update (docs/algorithm.md, Actor): its gradient flows through g and Q to the action
+        only, so the encoder and the value are frozen rather than given weight gradients to discard."""
+        with frozen(self.encoder, self.value), self._autocast():  # a new autocast block: the value just changed
+            policy_loss, metrics = losses.actor_loss(self.encoder, self.value, self.policy, zs,
+                                                     pre_activation_weight=self.config.pre_activation_weight)
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            policy_loss.backward()
         self.policy_optimizer.step()
-        self.encoder.requires_grad_(True)
-        self.value.requires_grad_(True)
-
-        buffer.update_priorities(batch.index, td_error)
-        metrics.update(actor_metrics)
         return metrics
 
     # ---- state --------------------------------------------------------------------------------
@@ -252,14 +251,13 @@ class ULDAgent:
 
     def state_dict(self) -> dict:
         """Networks, targets, optimizers, reward scales and counters."""
-        state = {name: getattr(self, name).state_dict() for name in self._MODULES}
+        state = parts_state_dict(self, self._MODULES)
         state["counters"] = {"training_step": self.training_step, "reward_scale": self.reward_scale.cpu().clone(),
                              "target_reward_scale": self.target_reward_scale.cpu().clone()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for name in self._MODULES:
-            getattr(self, name).load_state_dict(state[name])
+        load_parts_state_dict(self, state, self._MODULES)
         counters = state["counters"]
         self.training_step = int(counters["training_step"])
         self.reward_scale.copy_(torch.as_tensor(counters["reward_scale"]))
@@ -269,7 +267,7 @@ class ULDAgent:
 
 
 def make_buffer(spec: EnvSpec, config: ULDConfig, seed: int, device: str | torch.device = "cpu") -> ReplayBuffer:
-    """The replay ULD learns from: LAP-prioritized H-step subsequences (spec: Replay buffer), on `device`.
+    """The replay ULD learns from: LAP-prioritized H-step subsequences (docs/algorithm.md, Replay), on `device`.
 
     Pixel observations go to a FrameStackBuffer, which stores each frame once and rebuilds the stacks.
     """

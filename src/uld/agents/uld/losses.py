@@ -1,4 +1,4 @@
-"""ULD losses, written as in spec/ULD.md (Losses): pure functions from tensors to a loss and metrics.
+"""ULD losses, written as in docs/algorithm.md (Losses): pure functions from tensors to a loss and metrics.
 
 Index convention for a batch of subsequences: obs[:, t] is s_t; action[:, t] is a_t; reward[:, t]
 and terminated[:, t] are r_{t+1} and d_{t+1}, the outcome of taking a_t in s_t.
@@ -20,14 +20,14 @@ def symexp(x: Tensor) -> Tensor:
 
 
 def reward_bins(num_bins: int, bin_range: float) -> Tensor:
-    """Two-hot bin locations symexp(linspace(-range, range, num_bins)) (spec: reward model)."""
+    """Two-hot bin locations symexp(linspace(-range, range, num_bins)) (docs/algorithm.md, Encoder)."""
     return symexp(torch.linspace(-bin_range, bin_range, num_bins))
 
 
 def two_hot(x: Tensor, bins: Tensor) -> Tensor:
     """Split each value's mass linearly between its two bracketing bins.
 
-    Values beyond the outer bins put all their mass on the outer bin (spec: "correct" item 6).
+    Values beyond the outer bins put all their mass on the outer bin (docs/algorithm.md, difference 6).
     """
     x = x.clamp(bins[0], bins[-1])
     upper = torch.searchsorted(bins, x.contiguous()).clamp(1, len(bins) - 1)
@@ -42,7 +42,7 @@ def two_hot(x: Tensor, bins: Tensor) -> Tensor:
 def n_step_return(reward: Tensor, terminated: Tensor, discount: float) -> tuple[Tensor, Tensor]:
     """R = sum_i gamma^i r_{i+1} prod_{j<=i}(1 - d_j) and ND = prod_{j<=H}(1 - d_j).
 
-    The reward of the terminal step counts; nothing after it does (spec: "correct" item 1).
+    The reward of the terminal step counts; nothing after it does (docs/algorithm.md, difference 1).
     Shapes: (B, H) -> (B,), (B,).
     """
     not_done = 1.0 - terminated
@@ -60,6 +60,7 @@ def encoder_loss(
     reward: Tensor,
     terminated: Tensor,
     target_zs: Tensor,
+    *,
     bins: Tensor,
     dynamics_weight: float,
     reward_weight: float,
@@ -67,7 +68,7 @@ def encoder_loss(
     use_done: bool | Tensor,
     next_action: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
-    """The latent model unrolled H_enc steps from zs = f(s_0) (spec: Losses, Encoder).
+    """The latent model unrolled H_enc steps from zs = f(s_0) (docs/algorithm.md, Encoder).
 
     target_zs[:, i] = f_target(s_{i+1}). Predicted zs are fed back as they leave the head; steps
     after a terminal are masked; terms are summed over the unroll. `use_done` is False (or a false
@@ -101,6 +102,7 @@ def critic_target(
     R: Tensor,
     ND: Tensor,
     next_q: Tensor,
+    *,
     discount: float,
     horizon: int,
     reward_scale: float | Tensor,
@@ -115,8 +117,8 @@ def critic_target(
     return ((R + ND * discount**horizon * bootstrap) / reward_scale).unsqueeze(-1)
 
 
-def critic_loss(value: Value, zsa: Tensor, y: Tensor, loss_type: str = "huber") -> tuple[Tensor, Tensor, Metrics]:
-    """Huber loss of both Q heads against y (spec: Losses, Critic). Returns (loss, |Q - y| max over heads, metrics).
+def critic_loss(value: Value, zsa: Tensor, y: Tensor, *, loss_type: str = "huber") -> tuple[Tensor, Tensor, Metrics]:
+    """Huber loss of both Q heads against y (docs/algorithm.md, Critic). Returns (loss, |Q - y| max over heads, metrics).
 
     Design study: loss_type "mse" replaces the Huber loss by the mean squared error.
     """
@@ -136,9 +138,9 @@ def critic_loss(value: Value, zsa: Tensor, y: Tensor, loss_type: str = "huber") 
 
 
 def actor_loss(
-    encoder: Encoder, value: Value, policy: Policy, zs: Tensor, pre_activation_weight: float
+    encoder: Encoder, value: Value, policy: Policy, zs: Tensor, *, pre_activation_weight: float
 ) -> tuple[Tensor, Metrics]:
-    """-mean Q(g(zs, pi(zs))) over batch and both heads + weight * mean(pre^2) (spec: Losses, Actor)."""
+    """-mean Q(g(zs, pi(zs))) over batch and both heads + weight * mean(pre^2) (docs/algorithm.md, Actor)."""
     action, pre = policy(zs)
     q = value(encoder.g(zs, action)).float()
     penalty = pre.float().pow(2).mean()
