@@ -26,8 +26,9 @@ def _train(argv: list[str]) -> int:
     from uld.train.run import train
 
     config = parse_train_args(argv)
-    run_dir = train(config)
-    print(f"run finished: {run_dir}/eval.csv")
+    run_dirs = train(config)
+    for run_dir in run_dirs if isinstance(run_dirs, list) else [run_dirs]:
+        print(f"run finished: {run_dir}/eval.csv")
     return 0
 
 

@@ -24,6 +24,8 @@ class TrainConfig:
     """Env name: gym:<Gymnasium id>, dmc:<domain>-<task>, dmc-pixels:<domain>-<task> or atari:<Game>."""
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
+    seeds: str | None = None
+    """Train several seeds in one process (ULD): 0-9, 0,3,5 or 0-2,7; each writes the run directory of a single-seed run (<out>/seed<k> when --out is given). One seed is --seed."""
     steps: int | None = None
     """Agent steps to train (default: the protocol's budget: ULD Gym 1M, DMC 500k; ALM 300k, Ant/Humanoid 500k)."""
     eval_every: int | None = None

@@ -44,12 +44,19 @@ def _install_signal_handlers(trainer: Trainer) -> dict:
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def train(config: TrainConfig) -> Path:
-    """Train as configured and return the run directory.
+def train(config: TrainConfig) -> Path | list[Path]:
+    """Train as configured and return the run directory (with --seeds of several seeds: theirs).
 
     A run directory that already holds a checkpoint of the same configuration is resumed: the result
     is bitwise the same as an uninterrupted run on the same machine.
     """
+    if config.seeds is not None:  # several seeds train in one process (train/multi_seed.py)
+        from uld.train.multi_seed import parse_seeds, train_seeds
+
+        seeds = parse_seeds(config.seeds)
+        if len(seeds) > 1:
+            return train_seeds(config, seeds)
+        config = dataclasses.replace(config, seed=seeds[0], seeds=None)
     if config.resume is not None:
         config = config_to_resume(config)
     check_positive(config)
