@@ -260,6 +260,9 @@ def train_seeds(config: TrainConfig, seeds: list[int]) -> list[Path]:
                 raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
                                "use another --out, or the run's own options to resume it")
     step = _common_step(checkpointers)
+    if step is None and any(c.load_latest() is not None for c in checkpointers):
+        raise UldError("the seeds' run directories hold checkpoints of different steps; continue them in "
+                       "the groups they were trained in, or one seed at a time with --seed")
     if step is None:
         for run_dir in run_dirs:  # interrupted before the first checkpoint of every seed: start over
             if (run_dir / "eval.csv").exists():
