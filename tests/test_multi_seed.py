@@ -118,3 +118,14 @@ def test_alm_with_several_seeds_is_one_sentence(tmp_path):
     assert result.returncode == 2
     assert "--seeds with more than one seed trains ULD only" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_three_seeds_learn_pendulum_reduced_size(tmp_path):
+    """3 seeds in one process each pass the single-seed learning test's bar (tests/test_train.py): the same
+    budget, reduced-size agent and threshold (random policy: about -1300; solved near -150)."""
+    run_dirs = train(TrainConfig(env="gym:Pendulum-v1", seeds="0-2", steps=4000, eval_every=1000, eval_episodes=5,
+                                 progress=False, out=str(tmp_path / "learn"), uld=reduced_config(random_steps=1000)))
+    for run_dir in run_dirs:
+        rows = read_eval_csv(run_dir / "eval.csv")
+        assert rows[0]["mean_return"] < -900
+        assert max(row["mean_return"] for row in rows[-2:]) > -400, (run_dir.name, rows)
