@@ -112,6 +112,13 @@ def _tensors(tree) -> list[torch.Tensor]:
     return []
 
 
+def test_options_of_single_seed_runs_only_are_refused(tmp_path):
+    with pytest.raises(UldError, match="fp32 without --compile"):
+        train(_config(tmp_path / "bf16", 10, precision="bf16"))
+    with pytest.raises(UldError, match="run the same uld train --seeds command again"):
+        train(_config(tmp_path / "resume", 10, resume=str(tmp_path)))
+
+
 def test_alm_with_several_seeds_is_one_sentence(tmp_path):
     result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--agent", "alm", "--seeds", "0-2",
                              "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)

@@ -244,6 +244,9 @@ def train_seeds(config: TrainConfig, seeds: list[int]) -> list[Path]:
     if config.resume is not None:
         raise UldError("--resume takes one seed's run directory; to continue a many-seed run, run the same "
                        "uld train --seeds command again")
+    if config.precision != "fp32" or config.compile:
+        raise UldError("--seeds with more than one seed runs in fp32 without --compile; drop --precision bf16 "
+                       "and --compile, or train one seed at a time with --seed")
     check_positive(config)
     configs = seed_configs(config, seeds)
     cfg = configs[0]
