@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent, make_buffer, shift_augment
@@ -87,7 +87,7 @@ class StackedULD:
         self.params: dict[str, Tensor] = {}
         for name in ONLINE + TARGETS:
             stacked, _ = stack_module_state([getattr(agent, name) for agent in agents])
-            self.params.update({f"{name}.{key}": value.detach().requires_grad_(False)
+            self.params.update({f"{name}.{key}": value.detach().requires_grad_(name in ONLINE)
                                 for key, value in stacked.items()})
         del agents
         cfg = self.config
@@ -116,6 +116,10 @@ class StackedULD:
 
     def _subset(self, *networks: str) -> dict[str, Tensor]:
         return {key: value for key, value in self.params.items() if key.split(".", 1)[0] in networks}
+
+    def _fixed(self, *networks: str) -> dict[str, Tensor]:
+        """Networks a loss reads but does not train: detached, so that no gradient reaches them."""
+        return {key: value.detach() for key, value in self._subset(*networks).items()}
 
     @property
     def num_seeds(self) -> int:
@@ -194,7 +198,7 @@ class StackedULD:
         cfg, H = self.config, self.config.enc_horizon
         zsa_target = cfg.dynamics_target == "zsa"
 
-        def loss(networks, obs, action, reward, terminated, use_done):
+        def encoder_loss(networks, obs, action, reward, terminated, use_done):
             next_action = None
             with torch.no_grad():
                 target_encoder = networks.encoder_target if cfg.target_encoder else networks.encoder
@@ -207,12 +211,11 @@ class StackedULD:
                                        use_done, next_action)
 
         def seed_loss(trained, fixed, *inputs):
-            return functional_call(self.networks, {**trained, **fixed}, (loss, *inputs))
+            return functional_call(self.networks, {**trained, **fixed}, (encoder_loss, *inputs))
 
-        grads, metrics = vmap(grad(seed_loss, has_aux=True))(
-            self._subset("encoder"), self._subset("encoder_target"), obs, batch.action, batch.reward,
-            batch.terminated, use_done)
-        self._step(self.encoder_optimizer, "encoder", grads)
+        loss, metrics = vmap(seed_loss)(self._subset("encoder"), self._fixed("encoder_target"), obs, batch.action,
+                                        batch.reward, batch.terminated, use_done)
+        self._step(self.encoder_optimizer, "encoder", loss)
         return metrics
 
     def update_value_and_policy(self, buffers: list[ReplayBuffer], batch: Batch, obs: Tensor,
@@ -242,29 +245,30 @@ class StackedULD:
         def seed_loss(fn):
             return lambda trained, fixed, *inputs: functional_call(self.networks, {**trained, **fixed}, (fn, *inputs))
 
-        fixed = self._subset("encoder", "encoder_target", "policy_target", "value_target")
-        grads, (td_error, zs, metrics) = vmap(grad(seed_loss(value_loss), has_aux=True))(
+        fixed = self._fixed("encoder", "encoder_target", "policy_target", "value_target")
+        loss, (td_error, zs, metrics) = vmap(seed_loss(value_loss))(
             self._subset("value"), fixed, obs, batch.action, batch.reward, batch.terminated, noise,
             self.reward_scale, self.target_reward_scale)
-        self._step(self.value_optimizer, "value", grads, clip=cfg.value_grad_clip)
+        self._step(self.value_optimizer, "value", loss, clip=cfg.value_grad_clip)
 
-        grads, actor_metrics = vmap(grad(seed_loss(actor_loss), has_aux=True))(
-            self._subset("policy"), self._subset("encoder", "value"), zs)
-        self._step(self.policy_optimizer, "policy", grads)
+        loss, actor_metrics = vmap(seed_loss(actor_loss))(self._subset("policy"), self._fixed("encoder", "value"), zs)
+        self._step(self.policy_optimizer, "policy", loss)
 
         for k, buffer in enumerate(buffers):
             buffer.update_priorities(batch.index[k], td_error[k])
         metrics.update(actor_metrics)
         return metrics
 
-    def _step(self, optimizer: torch.optim.AdamW, network: str, grads: dict[str, Tensor],
-              clip: float | None = None) -> None:
-        params = self._subset(network)
-        ordered = [grads[key] for key in params]
+    def _step(self, optimizer: torch.optim.AdamW, network: str, loss: Tensor, clip: float | None = None) -> None:
+        """Gradients of each seed's loss, (S,), with respect to that seed's slice of the network, then a step.
+
+        Seeds share no tensor, so the gradient of the sum of their losses is, for each seed's slice,
+        the gradient of that seed's loss alone: one backward pass through the mapped graph gives all.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
         if clip is not None:
-            _per_seed_clip_(ordered, clip)
-        for param, g in zip(params.values(), ordered):
-            param.grad = g  # kept after the step, as ULDAgent's are (the next step replaces them)
+            _per_seed_clip_([param.grad for param in self._group(network)], clip)
         optimizer.step()
 
     # ---- state --------------------------------------------------------------------------------
