@@ -91,7 +91,7 @@ class PixelStateEncoder(nn.Module):
         # The layout changes on the uint8 frames (a quarter of the bytes), then they become floats.
         # Under torch.func.vmap (many seeds, uld/agents/stacked.py) the layout cannot be chosen: the
         # convolutions become grouped ones over the seeds, in the default layout.
-        if not torch._C._functorch.is_functorch_wrapped_tensor(obs):
+        if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(obs):
             obs = obs.contiguous(memory_format=torch.channels_last)
         x = obs.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
         for conv in self.convs:
