@@ -137,3 +137,38 @@ def test_three_seeds_learn_pendulum_reduced_size(tmp_path):
         rows = read_eval_csv(run_dir / "eval.csv")
         assert rows[0]["mean_return"] < -900
         assert max(row["mean_return"] for row in rows[-2:]) > -400, (run_dir.name, rows)
+
+
+def _cli(out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--seeds", "1,4", "--steps", str(steps),
+            "--eval-every", "100", "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out),
+            "--small", "--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
+            "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
+            "--uld.buffer-capacity", "5000", "--threads", "1"]
+
+
+def test_sigint_checkpoints_every_seed_and_the_same_command_resumes_exactly(tmp_path):
+    import signal
+    import time
+
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(straight, 300), check=True, capture_output=True, timeout=600)
+    run = tmp_path / "interrupted"
+    process = subprocess.Popen(_cli(run, 300), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    # Interrupt once training has started: seed 4's evaluation at step 100 (after the random phase) exists.
+    while not ((run / "seed4/eval.csv").exists() and len(read_eval_csv(run / "seed4/eval.csv")) >= 2):
+        assert time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "a checkpoint of every seed was saved" in stderr and "Traceback" not in stderr
+    steps = [Checkpointer(run / f"seed{seed}/checkpoints").load_latest()[1] for seed in (1, 4)]
+    assert steps[0] == steps[1] and 100 <= steps[0] < 300
+    subprocess.run(_cli(run, 300), check=True, capture_output=True, timeout=600)
+    for seed in (1, 4):
+        assert _returns(straight / f"seed{seed}") == _returns(run / f"seed{seed}")
+        a, b = (Checkpointer(d / f"seed{seed}/checkpoints").load_latest()[0] for d in (straight, run))
+        assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["policy"]), _tensors(b["agent"]["policy"])))
+        assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["encoder"]), _tensors(b["agent"]["encoder"])))
