@@ -190,3 +190,46 @@ def test_sweep_survives_its_ray_cluster_being_killed(straight, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     _assert_complete_and_equal(out, straight)
     assert {run: (out / run / "eval.csv").stat().st_mtime_ns for run in finished} == finished
+
+
+def test_seeds_per_process_groups_unfinished_seeds_and_skips_finished(tmp_path):
+    """Seed 0 trained alone first; then --seeds 0-2 --seeds-per-process 2 skips it and trains seeds 1 and
+    2 in one process (its train.log in seed1's directory), each writing its own run directory."""
+    pendulum = ["--envs", "gym:Pendulum-v1", "--out", str(tmp_path), "--cpus-per-run", "1", *TINY]
+    first = subprocess.run([sys.executable, "-m", "uld.cli", "sweep", "--seeds", "0", *pendulum],
+                           capture_output=True, text=True, env=_environment(), timeout=400)
+    assert first.returncode == 0, first.stderr
+    seed0_log = (tmp_path / "gym_Pendulum-v1/seed0/train.log").read_text()
+    grouped = subprocess.run([sys.executable, "-m", "uld.cli", "sweep", "--seeds", "0-2", "--seeds-per-process", "2",
+                              *pendulum], capture_output=True, text=True, env=_environment(), timeout=400)
+    assert grouped.returncode == 0, grouped.stderr
+    assert "3 runs, 1 finished already" in grouped.stdout
+    assert "gym:Pendulum-v1 seeds 1,2 finished" in grouped.stdout
+    assert (tmp_path / "gym_Pendulum-v1/seed0/train.log").read_text() == seed0_log  # not started again
+    assert (tmp_path / "gym_Pendulum-v1/seed1/train.log").exists()
+    assert not (tmp_path / "gym_Pendulum-v1/seed2/train.log").exists()
+    for seed in range(3):
+        run_dir = tmp_path / f"gym_Pendulum-v1/seed{seed}"
+        assert [step for step, _ in _returns(run_dir)] == [0, 30, 60]
+        assert finished_step(run_dir) == 60
+    again = subprocess.run([sys.executable, "-m", "uld.cli", "sweep", "--seeds", "0-2", "--seeds-per-process", "2",
+                            *pendulum], capture_output=True, text=True, env=_environment(), timeout=400)
+    assert "3 runs, 3 finished already" in again.stdout
+
+
+def test_group_runs_keeps_seeds_at_one_checkpoint_step_together(tmp_path):
+    from uld.analysis.sweep import Run, group_runs
+
+    def run(seed):
+        run_dir = tmp_path / "env" / f"seed{seed}"
+        return Run("gym:Pendulum-v1", seed, str(run_dir), 100,
+                   ("--env", "gym:Pendulum-v1", "--seed", str(seed), "--out", str(run_dir), "--small"))
+
+    (tmp_path / "env/seed3/checkpoints").mkdir(parents=True)
+    for suffix in (".pt", ".sha256"):
+        (tmp_path / f"env/seed3/checkpoints/step-0000000050{suffix}").write_text("")
+    groups = group_runs([run(seed) for seed in range(5)], 2)
+    assert [g.group or (g.seed,) for g in groups] == [(0, 1), (2, 4), (3,)]
+    assert groups[0].argv == ("--env", "gym:Pendulum-v1", "--seeds", "0,1", "--out", str(tmp_path / "env"), "--small")
+    assert groups[1].run_dirs == [str(tmp_path / "env/seed2"), str(tmp_path / "env/seed4")]
+    assert group_runs([run(0), run(1)], 1) == [run(0), run(1)]

@@ -38,8 +38,9 @@ def _train(argv: list[str]) -> int:
         torch.set_num_threads(config.threads)
     # Once the buffer and the loaded arrays have their own mappings: from then on, freed blocks stay
     # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
-    run_dir = train(config, explicit=explicit_options(argv, command_type(argv)), on_allocated=keep_freed_memory)
-    print(f"run finished: {run_dir}/eval.csv")
+    run_dirs = train(config, explicit=explicit_options(argv, command_type(argv)), on_allocated=keep_freed_memory)
+    for run_dir in run_dirs if isinstance(run_dirs, list) else [run_dirs]:
+        print(f"run finished: {run_dir}/eval.csv")
     return 0
 
 

@@ -108,6 +108,8 @@ def use_onednn(x: Tensor, weight: Tensor) -> bool:
         and min(weight.shape) >= _MIN_WIDTH
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
+        # torch.func (vmap over stacked seeds, uld/agents/stacked.py) has no batching rule for oneDNN's op.
+        and (torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(weight))
     )
 
 

@@ -52,6 +52,9 @@ class SweepConfig:
     """Envs to train (uld names): all of the suite's when empty; with a suite, a subset of it."""
     seeds: str = "0-9"
     """Seeds: a range and/or a list, e.g. 0-9, 0,3,7 or 0-4,9."""
+    seeds_per_process: int = 1
+    """Train this many seeds of an env in one process (uld train --seeds, ULD only): stacked networks, one run
+    directory per seed as before."""
     agent: str = DEFAULT_AGENT
     """Agent to train (uld train --help lists the agents)."""
     steps: int | None = None
@@ -90,10 +93,22 @@ class Run:
     run_dir: str
     steps: int
     argv: tuple[str, ...]
+    group: tuple[int, ...] = ()
+    """With --seeds-per-process: every seed this process trains (the first is `seed`, whose directory
+    holds the process's train.log and lock); the others' directories are its siblings."""
 
     @property
     def label(self) -> str:
-        return f"{self.env} seed {self.seed}"
+        return f"{self.env} seeds {','.join(map(str, self.group))}" if self.group else f"{self.env} seed {self.seed}"
+
+    @property
+    def run_dirs(self) -> list[str]:
+        parent = Path(self.run_dir).parent
+        return [str(parent / f"seed{seed}") for seed in self.group] if self.group else [self.run_dir]
+
+    @property
+    def finished(self) -> bool:
+        return all(finished_step(run_dir) >= self.steps for run_dir in self.run_dirs)
 
 
 class SweepInterrupted(UldError):
@@ -170,6 +185,34 @@ def plan_runs(config: SweepConfig, train_args: list[str], sweep_dir: Path) -> li
             argv = ("--env", env, "--seed", str(seed), "--out", str(run_dir), *common, *train_args)
             runs.append(Run(env, seed, str(run_dir), resolved.steps, argv))
     return runs
+
+
+def group_runs(runs: list[Run], per_process: int) -> list[Run]:
+    """Unfinished runs of one env, `per_process` at a time, as one `uld train --seeds` process each.
+
+    Only runs whose checkpoints stand at the same step share a process (a many-seed run resumes from
+    a step that every seed has), so a resumed sweep regroups what is left without losing any work.
+    """
+    if per_process <= 1:
+        return runs
+    together: dict[tuple, list[Run]] = {}
+    for run in runs:
+        together.setdefault((run.env, run.steps, finished_step(run.run_dir)), []).append(run)
+    grouped = []
+    for members in together.values():
+        for i in range(0, len(members), per_process):
+            chunk = members[i : i + per_process]
+            first = chunk[0]
+            if len(chunk) == 1:
+                grouped.append(first)
+                continue
+            seeds = tuple(run.seed for run in chunk)
+            # first.argv is ("--env", env, "--seed", seed, "--out", run_dir, *options): --seeds writes
+            # <out>/seed<k>, the same directories.
+            argv = ("--env", first.env, "--seeds", ",".join(map(str, seeds)), "--out", str(Path(first.run_dir).parent),
+                    *first.argv[6:])
+            grouped.append(dataclasses.replace(first, argv=argv, group=seeds))
+    return grouped
 
 
 def write_manifest(config: SweepConfig, train_args: list[str], sweep_dir: Path, runs: list[Run]) -> None:
@@ -263,7 +306,7 @@ def _ray_train(run: Run, threads: int) -> str:
     """
     lock_fd = lock_run(run.run_dir, block=True)  # waits for any process still training this run
     try:
-        if finished_step(run.run_dir) >= run.steps:
+        if run.finished:
             return "skipped"
         process = start_run(run, threads, lock_fd)
         try:
@@ -318,6 +361,10 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
         return run_design_study(config, train_args)
     if config.cpus_per_run < 1:
         raise UldError(f"--cpus-per-run must be at least 1, got {config.cpus_per_run}")
+    if config.seeds_per_process < 1:
+        raise UldError(f"--seeds-per-process must be at least 1, got {config.seeds_per_process}")
+    if config.seeds_per_process > 1 and config.agent != "uld":
+        raise UldError("--seeds-per-process above 1 trains ULD only; drop it to train ALM one seed per process")
     if config.gpus_per_run and config.ray is None:
         raise UldError("--gpus-per-run reserves GPUs on a Ray cluster and needs --ray; on this machine every run "
                        "uses the GPUs torch sees (choose how many share them with --parallel)")
@@ -330,6 +377,7 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
     write_manifest(config, train_args, sweep_dir, runs)
     todo = [run for run in runs if finished_step(run.run_dir) < run.steps]
     print(f"sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished already", flush=True)
+    todo = group_runs(todo, config.seeds_per_process)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         if config.ray is None:
@@ -370,7 +418,7 @@ def _run_locally(todo: list[Run], parallel: int, threads: int, max_retries: int)
                     pending.append(run)
                     busy += 1
                     continue
-                if finished_step(run.run_dir) >= run.steps:
+                if run.finished:
                     os.close(lock_fd)
                     done += 1
                     continue

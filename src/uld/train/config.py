@@ -25,6 +25,9 @@ class TrainConfig:
     Gymnasium env as gym:<module>:<id>. From Python also an env factory, called as factory(seed=, evaluation=)."""
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
+    seeds: str | None = None
+    """Train several seeds in one process (ULD): 0-9, 0,3,5 or 0-2,7; each writes the run directory of a
+    single-seed run (<out>/seed<k> when --out is given). One seed is --seed."""
     steps: int | None = None
     """Agent steps to train (default: the budget of the agent's protocol for the env, e.g. ULD on Gym 1M, ALM 300k)."""
     eval_every: int | None = None

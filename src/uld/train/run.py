@@ -93,8 +93,8 @@ def move_aside(run_dir: Path) -> Path | None:
 
 
 def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
-          on_allocated: Callable[[], object] | None = None) -> Path:
-    """Train as configured and return the run directory.
+          on_allocated: Callable[[], object] | None = None) -> Path | list[Path]:
+    """Train as configured and return the run directory (with `seeds` naming several seeds: theirs).
 
     A run directory that already holds a checkpoint of the same configuration is resumed: the result
     is bitwise the same as an uninterrupted run on the same machine. ``config.env`` may be an env
@@ -111,6 +111,13 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
             settings (torch's thread count, the allocator) are left to the caller; `uld train` tunes
             glibc's malloc here (train/allocator.py).
     """
+    if config.seeds is not None:  # several seeds train in one process (train/multi_seed.py)
+        from uld.train.multi_seed import parse_seeds, train_seeds
+
+        seeds = parse_seeds(config.seeds)
+        if len(seeds) > 1:
+            return train_seeds(config, seeds, on_allocated=on_allocated)
+        config = dataclasses.replace(config, seed=seeds[0], seeds=None)
     if config.resume is not None:
         stored = read_run_config(config.resume)
         given = set(explicit) if explicit is not None else _options_given(config)

@@ -18,7 +18,7 @@ from uld.replay.buffer import ReplayBuffer
 from uld.replay.frames import FrameStackBuffer
 
 
-def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
+def shift_augment(obs: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:
     """DrQ augmentation: replicate-pad by `pad`, then crop back at a random integer shift per image.
 
     obs: (..., C, H, W), any dtype and any strides on the leading dims; returns a contiguous tensor
@@ -26,11 +26,12 @@ def shift_augment(obs: Tensor, pad: int = 4) -> Tensor:
     axis, drawn in the order of the leading dims. Pad-then-crop is computed as one gather: output
     pixel (i, j) is input pixel (clamp(i + dy - pad), clamp(j + dx - pad)), which is exactly what
     replicate padding gives there. On uint8 frames this moves a quarter of the bytes of padding float
-    images, and the gather writes the output in the order of the leading dims as given.
+    images, and the gather writes the output in the order of the leading dims as given. The shifts
+    come from `generator` (default: torch's global one; a seed of a many-seed agent has its own).
     """
     *lead, c, h, w = obs.shape
-    dy = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device)
-    dx = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device)
+    dy = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device, generator=generator)
     rows = (dy + torch.arange(h, device=obs.device) - pad).clamp_(0, h - 1)  # (..., H)
     cols = (dx + torch.arange(w, device=obs.device) - pad).clamp_(0, w - 1)  # (..., W)
     index = (rows[..., :, None] * w + cols[..., None, :]).view(*lead, 1, h * w).expand(*lead, c, h * w)

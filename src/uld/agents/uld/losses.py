@@ -33,10 +33,9 @@ def two_hot(x: Tensor, bins: Tensor) -> Tensor:
     upper = torch.searchsorted(bins, x.contiguous()).clamp(1, len(bins) - 1)
     lower = upper - 1
     weight_upper = (x - bins[lower]) / (bins[upper] - bins[lower])
-    encoded = torch.zeros(*x.shape, len(bins), dtype=x.dtype, device=x.device)
-    encoded.scatter_(-1, lower.unsqueeze(-1), (1 - weight_upper).unsqueeze(-1))
-    encoded.scatter_add_(-1, upper.unsqueeze(-1), weight_upper.unsqueeze(-1))
-    return encoded
+    # Out of place and from x: the same values, and torch.func.vmap maps it over seeds (uld/agents/stacked.py).
+    encoded = x.new_zeros((*x.shape, len(bins))).scatter(-1, lower.unsqueeze(-1), (1 - weight_upper).unsqueeze(-1))
+    return encoded.scatter_add(-1, upper.unsqueeze(-1), weight_upper.unsqueeze(-1))
 
 
 def n_step_return(reward: Tensor, terminated: Tensor, discount: float) -> tuple[Tensor, Tensor]:

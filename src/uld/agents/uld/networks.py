@@ -89,7 +89,11 @@ class PixelStateEncoder(nn.Module):
         # scaling and the ELUs work in place on fresh tensors that autograd does not need to keep (a
         # convolution's backward uses its input, not its output; ELU's can use its output).
         # The layout changes on the uint8 frames (a quarter of the bytes), then they become floats.
-        x = obs.contiguous(memory_format=torch.channels_last).to(torch.float32, copy=True).div_(255.0).sub_(0.5)
+        # Under torch.func.vmap (many seeds, uld/agents/stacked.py) the layout cannot be chosen: the
+        # convolutions become grouped ones over the seeds, in the default layout.
+        if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(obs):
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        x = obs.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
         for conv in self.convs:
             x = F.elu(conv(x), inplace=True)
         return ln_act(self.linear(x.flatten(1)), F.elu)

@@ -1,0 +1,356 @@
+"""Many seeds in one process: S environments in lock-step, one stacked agent, S ordinary run directories.
+
+`uld train --seeds 0-9` comes here (`--seeds 3`, one seed, is a plain single-seed run). Each seed k
+keeps everything a single-seed run keeps, in the same form: its training and evaluation envs (seeded
+k and k + 100), its replay, its episode bookkeeping, its Logger writing eval.csv and TensorBoard under
+its own run directory (default runs/uld/<env>/seed<k>, with a config.json holding seed k), and its
+checkpoints, which are single-seed checkpoints (`uld eval` and `uld report` read the directories
+unchanged). Each seed is held by a `Trainer` of its own, used for its state and its checkpoint form;
+the loop here steps them together and makes one batched call to the agent per step.
+
+The environments step one after the other on the host; their episodes end independently. Every
+seed's checkpoint is written at the same step; a resume loads the newest step that every seed has
+complete, so interruption and resume are exact, as for a single run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from uld.agents.stacked import StackedULD, make_buffers
+from uld.envs import make_env
+from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
+from uld.train.config import TrainConfig, check_positive, config_differences, config_to_dict, read_run_config
+from uld.train.logger import Logger
+from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed
+
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9' -> [0, ..., 9]; '0,3,5' -> [0, 3, 5]; '3' -> [3]; ranges and lists mix ('0-2,7')."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            raise UldError(f"--seeds {text!r} is not a list of seeds; write a range like 0-9, a list like "
+                           "0,3,5, or one seed")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        seeds.extend(range(first, last + 1))
+    if len(set(seeds)) != len(seeds):
+        raise UldError(f"--seeds {text!r} names a seed more than once; name each seed once")
+    return seeds
+
+
+def seed_configs(config: TrainConfig, seeds: list[int]) -> list[TrainConfig]:
+    """Each seed's resolved single-seed config: its seed, and its run directory (<out>/seed<k> when
+    --out is given, else the single-seed default runs/<agent>/<env>/seed<k>)."""
+    configs = []
+    for seed in seeds:
+        out = str(Path(config.out) / f"seed{seed}") if config.out is not None else None
+        configs.append(dataclasses.replace(config, seed=seed, seeds=None, out=out).resolved())
+    return configs
+
+
+class _SeedView:
+    """Seed k of the stacked agent, seen as the agent of that seed's Trainer: its state is seed k's
+    single-seed state; a loaded state is kept until every seed's is there to be stacked."""
+
+    def __init__(self, agent: StackedULD, k: int):
+        self.agent, self.k, self.loaded = agent, k, None
+
+    @property
+    def reward_scale(self) -> float:
+        return float(self.agent.reward_scale[self.k])
+
+    def state_dict(self) -> dict:
+        return self.agent.seed_state_dict(self.k)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+
+def _verified(checkpointer: Checkpointer, step: int) -> bool:
+    path = checkpointer.path(step)
+    checksum = path.with_suffix(".sha256")
+    if not (path.exists() and checksum.exists()):
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return checksum.read_text().strip() == digest.hexdigest()
+
+
+def _common_step(checkpointers: list[Checkpointer]) -> int | None:
+    """The newest step for which every seed has a complete checkpoint (None: there is none)."""
+    common = None
+    for checkpointer in checkpointers:
+        steps = set()
+        if checkpointer.directory.exists():
+            steps = {int(m.group(1)) for p in checkpointer.directory.iterdir() if (m := _STEP_FILE.match(p.name))}
+        common = steps if common is None else common & steps
+    for step in sorted(common or (), reverse=True):
+        if all(_verified(c, step) for c in checkpointers):
+            return step
+    return None
+
+
+def evaluate_seeds(agent: StackedULD, envs: list, episodes: int) -> list[list[float]]:
+    """`episodes` deterministic episodes on each seed's evaluation env, stepped in lock-step with one
+    batched action per step (spec: Evaluation); a seed whose episodes are done waits for the others."""
+    returns: list[list[float]] = [[] for _ in envs]
+    obs = [env.reset() for env in envs]
+    totals = [0.0] * len(envs)
+    while any(len(r) < episodes for r in returns):
+        actions = agent.act(np.stack(obs), explore=False).numpy()
+        for k, env in enumerate(envs):
+            if len(returns[k]) >= episodes:
+                continue
+            obs[k], reward, terminated, truncated, _ = env.step(actions[k])
+            totals[k] += reward
+            if terminated or truncated:
+                returns[k].append(totals[k])
+                totals[k] = 0.0
+                if len(returns[k]) < episodes:
+                    obs[k] = env.reset()
+    return returns
+
+
+class MultiSeedTrainer:
+    """Steps S seeds' Trainers together: one batched act and one stacked update per step."""
+
+    def __init__(self, seeds: list[Trainer], agent: StackedULD, bar: tqdm | None = None):
+        self.seeds, self.agent, self.bar = seeds, agent, bar
+        self.stop_signal: int | None = None
+        first = seeds[0]
+        self.random_steps, self.eval_every = first.random_steps, first.eval_every
+        self.eval_episodes = first.eval_episodes
+        self.log_every = first.log_every
+        self.checkpoint_seconds, self.checkpoint_every = first.checkpoint_seconds, first.checkpoint_every
+        self.env_seconds = self.update_seconds = 0.0  # how a step's time splits (benchmarks/seeds.py)
+
+    @property
+    def step(self) -> int:
+        return self.seeds[0].state.step
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        for trainer, state in zip(self.seeds, states):
+            trainer.load_state_dict(state)
+        views = [trainer.agent for trainer in self.seeds]
+        assert all(isinstance(view, _SeedView) for view in views)
+        self.agent.load_seed_state_dicts([view.loaded for view in views])  # type: ignore[attr-defined]
+        for view in views:
+            view.loaded = None  # type: ignore[attr-defined]
+
+    def _evaluate(self) -> None:
+        # Each seed's evaluation env draws from (its evaluation seed, step) alone, as in a single-seed run.
+        for trainer in self.seeds:
+            trainer.eval_env.reseed(evaluation_seed(trainer.eval_seed, trainer.state.step))
+        returns = evaluate_seeds(self.agent, [t.eval_env for t in self.seeds], self.eval_episodes)
+        for trainer, seed_returns in zip(self.seeds, returns):
+            trainer.logger.evaluation(trainer.state.step, seed_returns, trainer._wall_seconds())
+            trainer.state.evaluation_due = False
+
+    def train(self, total_steps: int) -> None:
+        """Run every seed to `total_steps` agent steps, evaluating and checkpointing all seeds together."""
+        now = time.perf_counter()
+        for trainer in self.seeds:
+            trainer._started = now
+        self._last_checkpoint = now
+        if self.step == 0:
+            self._evaluate()
+        for trainer in self.seeds:
+            if trainer.obs is None:
+                trainer._reset()
+        while self.step < total_steps:
+            started = time.perf_counter()
+            if self.step < self.random_steps:
+                actions = [trainer.env.sample_action() for trainer in self.seeds]
+            else:
+                actions = list(self.agent.act(np.stack([t.obs for t in self.seeds]), explore=True).numpy())
+                for trainer, action in zip(self.seeds, actions):  # before any env sees a non-finite action
+                    if not np.all(np.isfinite(action)):
+                        trainer._check_finite(trainer._metrics)
+                        trainer._diverged(["the policy's action"])
+            done = []
+            for trainer, action in zip(self.seeds, actions):
+                next_obs, reward, terminated, truncated, _ = trainer.env.step(action)
+                trainer._episode_actions.append(action)
+                trainer.buffer.add(trainer.obs, trainer._store_action(action), reward, next_obs, terminated, truncated)
+                trainer.obs = next_obs
+                s = trainer.state
+                s.episode_return += reward
+                s.episode_length += 1
+                s.step += 1
+                done.append(terminated or truncated)
+            stepped = time.perf_counter()
+            self.env_seconds += stepped - started
+
+            step = self.step
+            if step > self.random_steps and all(t.buffer.can_sample for t in self.seeds):
+                metrics = self.agent.update([t.buffer for t in self.seeds])
+                for k, trainer in enumerate(self.seeds):
+                    trainer._metrics.update({name: value[k] for name, value in metrics.items()})
+                    if step % self.log_every == 0:
+                        trainer._log_metrics(trainer._metrics)
+            self.update_seconds += time.perf_counter() - stepped
+
+            for trainer, finished in zip(self.seeds, done):
+                if finished:
+                    s = trainer.state
+                    trainer.logger.episode(s.step, s.episode_return, s.episode_length)
+                    s.episode += 1
+                    s.episode_return, s.episode_length = 0.0, 0
+                    trainer._reset()
+            if self.bar is not None:
+                self.bar.update(1)
+                if any(done):
+                    last = [t.logger.last_episode_return for t in self.seeds]
+                    known = [r for r in last if not math.isnan(r)]
+                    self.bar.set_postfix(mean_return=f"{sum(known) / len(known):.1f}", seeds=len(self.seeds),
+                                         refresh=False)
+            if step % self.eval_every == 0 or step == total_steps:
+                self._evaluate()
+            self._maybe_checkpoint(final=step == total_steps)
+
+    def _maybe_checkpoint(self, final: bool) -> None:
+        due = (time.perf_counter() - self._last_checkpoint >= self.checkpoint_seconds
+               or (self.checkpoint_every and self.step % self.checkpoint_every == 0))
+        if not (final or due or self.stop_signal is not None):
+            return
+        for trainer in self.seeds:  # every seed's checkpoint at this step, or none is counted on resume
+            trainer._check_finite(trainer._metrics)
+            trainer.checkpointer.save(trainer.state_dict(), self.step)
+        self._last_checkpoint = time.perf_counter()
+        if self.stop_signal is not None:
+            raise RunInterrupted(
+                f"interrupted at step {self.step}; a checkpoint of every seed was saved: run the same command "
+                "again to continue", 128 + self.stop_signal)
+
+
+def train_seeds(config: TrainConfig, seeds: list[int], *,
+                on_allocated: Callable[[], object] | None = None) -> list[Path]:
+    """Train every seed of `seeds` in this process (ULD); return their run directories.
+
+    The checks of a single-seed run apply to each seed's directory: options in range, a writable
+    directory, a config that agrees with the run's, and never an overwritten result (a directory
+    whose checkpoints do not verify is refused; one interrupted before its first checkpoint has its
+    files moved aside).
+    """
+    from uld.train.run import move_aside, resolve_device, seed_everything
+    from uld.train.validation import check_buffer_memory, check_config, check_out
+
+    if config.agent != "uld":
+        raise UldError(f"--seeds with more than one seed trains ULD only; train {config.agent.upper()} "
+                       "one seed at a time with --seed")
+    if config.resume is not None:
+        raise UldError("--resume takes one seed's run directory; to continue a many-seed run, run the same "
+                       "uld train --seeds command again")
+    if config.precision != "fp32" or config.compile:
+        raise UldError("--seeds with more than one seed runs in fp32 without --compile; drop --precision bf16 "
+                       "and --compile, or train one seed at a time with --seed")
+    if config.restart or config.trust_checkpoint:
+        raise UldError("--restart and --trust-checkpoint act on one run directory; use them with --seed K on "
+                       "the seed that needs them, then run the --seeds command again")
+    check_positive(config)
+    configs = seed_configs(config, seeds)
+    for c in configs:
+        check_config(c)
+        check_out(c.out)
+    cfg = configs[0]
+    device = resolve_device(cfg.device)
+    run_dirs = [Path(c.out) for c in configs]
+    checkpointers = [Checkpointer(run_dir / "checkpoints", validate=check_run_state) for run_dir in run_dirs]
+    for run_dir, c, checkpointer in zip(run_dirs, configs, checkpointers):
+        checkpointer.check_directory()
+        if checkpointer.holds_files() and (run_dir / "config.json").exists():
+            differences = config_differences(read_run_config(run_dir), config_to_dict(c))
+            if differences:
+                raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
+                               "use another --out, or the run's own options to resume it")
+    step = _common_step(checkpointers)
+    if step is None and any(c.load_latest() is not None for c in checkpointers):
+        raise UldError("the seeds' run directories hold checkpoints of different steps; continue them in "
+                       "the groups they were trained in, or one seed at a time with --seed")
+    if step is None:
+        for checkpointer in checkpointers:
+            if checkpointer.holds_files():
+                raise UldError(f"no checkpoint in {checkpointer.directory} verifies, and starting over would "
+                               "overwrite the run's results; nothing was changed: continue that seed with --seed "
+                               "and --trust-checkpoint, or pass --restart with --seed to move its files aside")
+        for run_dir in run_dirs:  # interrupted before the first checkpoint of every seed: start over
+            aside = move_aside(run_dir) if run_dir.is_dir() else None
+            if aside is not None:
+                print(f"uld: the earlier files of {run_dir} were moved into {aside}; starting the run over",
+                      file=sys.stderr)
+    elif step >= cfg.steps:
+        print(f"uld: the seeds' runs already finished {step} steps (asked for {cfg.steps}); nothing to do",
+              file=sys.stderr)
+        return run_dirs
+
+    seed_everything(seeds[0])
+    envs = [make_env(c.env, seed=c.seed) for c in configs]
+    eval_envs = [make_env(c.env, seed=c.seed + 100, evaluation=True) for c in configs]
+    for _ in seeds:  # each seed has a replay of its own
+        check_buffer_memory(cfg, envs[0].spec)
+    agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device)
+    buffers = make_buffers(envs[0].spec, cfg.agent_config, seeds, device)
+    start_step = step or 0
+    trainers = []
+    for k, (c, run_dir) in enumerate(zip(configs, run_dirs)):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(run_dir / "config.json", (json.dumps(config_to_dict(c), indent=2) + "\n").encode())
+        logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=False)
+        trainers.append(Trainer(envs[k], eval_envs[k], _SeedView(agent, k), buffers[k], logger,
+                                random_steps=cfg.agent_config.random_steps, eval_every=cfg.eval_every,
+                                eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
+                                checkpointer=checkpointers[k], checkpoint_seconds=60 * cfg.checkpoint_minutes,
+                                checkpoint_every=cfg.checkpoint_every, eval_seed=c.seed + 100))
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress, unit="step", dynamic_ncols=True,
+               mininterval=1.0, desc=f"{len(seeds)} seeds")
+    trainer = MultiSeedTrainer(trainers, agent, bar)
+    if step is not None:
+        states = [torch.load(c.path(step), weights_only=True, map_location="cpu") for c in checkpointers]
+        for checkpointer, state in zip(checkpointers, states):
+            try:
+                check_run_state(state, step)
+            except ValueError as error:
+                raise UldError(f"the checkpoint of step {step} in {checkpointer.directory} is not a run's state "
+                               f"({error}); continue that seed with --seed and --trust-checkpoint, or "
+                               "--restart") from None
+        trainer.load_state_dicts(states)
+    if on_allocated is not None:
+        on_allocated()
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        trainer.train(cfg.steps)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        bar.close()
+        for t in trainers:
+            t.logger.close()
+            t.env.close()
+            t.eval_env.close()
+    return run_dirs

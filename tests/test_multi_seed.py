@@ -1,0 +1,174 @@
+"""uld train --seeds: several seeds in one process, each writing a single-seed run directory; exact resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from uld.agents.uld.config import reduced_config
+from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer
+from uld.train.config import TrainConfig
+from uld.train.logger import read_eval_csv
+from uld.train.multi_seed import parse_seeds
+from uld.train.run import train
+
+TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
+                      target_update_period=20, buffer_capacity=5000)
+
+
+def _config(out: Path, steps: int, seeds: str | None = "1,4", **overrides) -> TrainConfig:
+    base = dict(env="gym:Pendulum-v1", seeds=seeds, steps=steps, eval_every=100, eval_episodes=1, progress=False,
+                out=str(out), log_every=50, uld=TINY)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _returns(run_dir: Path) -> list[tuple[int, list[float]]]:
+    return [(row["step"], row["returns"]) for row in read_eval_csv(run_dir / "eval.csv")]
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("0,3,5") == [0, 3, 5]
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    assert parse_seeds("3") == [3]
+    for bad in ("", "a", "3-1", "1,1", "0-2,2"):
+        with pytest.raises(UldError):
+            parse_seeds(bad)
+
+
+def test_each_seed_writes_a_single_seed_run_directory(tmp_path):
+    run_dirs = train(_config(tmp_path / "runs", 200))
+    assert run_dirs == [tmp_path / "runs" / "seed1", tmp_path / "runs" / "seed4"]
+    returns = []
+    for seed, run_dir in zip((1, 4), run_dirs):
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["seed"] == seed and config["seeds"] is None and config["out"] == str(run_dir)
+        assert config["steps"] == 200 and config["uld"]["hidden_dim"] == 32
+        rows = read_eval_csv(run_dir / "eval.csv")
+        assert [row["step"] for row in rows] == [0, 100, 200]
+        returns.append([row["returns"] for row in rows])
+        assert (run_dir / "tb").is_dir()
+        state, step = Checkpointer(run_dir / "checkpoints").load_latest()
+        assert step == 200 and state["trainer"]["step"] == 200 and state["agent"]["counters"]["training_step"] == 100
+    assert returns[0] != returns[1]  # two seeds, two different runs
+
+    # uld eval reads a seed's directory as it reads a single-seed run's.
+    result = subprocess.run([sys.executable, "-m", "uld.cli", "eval", str(run_dirs[1]), "--episodes", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "return" in result.stdout.lower()
+
+
+def test_default_run_directories_are_the_single_seed_ones():
+    from uld.train.multi_seed import seed_configs
+
+    configs = seed_configs(TrainConfig(env="dmc:walker-walk", seeds="0-2"), [0, 1, 2])
+    assert [c.out for c in configs] == [str(Path("runs/uld/dmc_walker-walk") / f"seed{k}") for k in range(3)]
+    assert [c.seed for c in configs] == [0, 1, 2] and configs[0].steps == 500_000
+
+
+def test_one_seed_is_a_single_seed_run(tmp_path):
+    single = train(TrainConfig(env="gym:Pendulum-v1", seed=3, steps=200, eval_every=100, eval_episodes=1,
+                               progress=False, out=str(tmp_path / "single"), uld=TINY))
+    one = train(_config(tmp_path / "one", 200, seeds="3"))
+    assert one == tmp_path / "one"
+    assert _returns(single) == _returns(one)
+
+
+def test_interrupted_mid_episode_resumes_exactly(tmp_path):
+    """300 steps straight == 150 steps (mid-episode: Pendulum's are 200), then the same command for 300:
+    the same evaluations and bitwise the same parameters, replay and priorities for every seed."""
+    straight = train(_config(tmp_path / "straight", 300, eval_every=150))
+    split = train(_config(tmp_path / "split", 150, eval_every=150))
+    assert [Checkpointer(d / "checkpoints").load_latest()[1] for d in split] == [150, 150]
+    split = train(_config(tmp_path / "split", 300, eval_every=150))
+    for a_dir, b_dir in zip(straight, split):
+        assert _returns(a_dir) == _returns(b_dir)
+        (a, step_a), (b, step_b) = (Checkpointer(d / "checkpoints").load_latest() for d in (a_dir, b_dir))
+        assert step_a == step_b == 300
+        for network in ("encoder", "policy", "value", "encoder_target", "value_target", "value_optimizer"):
+            flat_a, flat_b = _tensors(a["agent"][network]), _tensors(b["agent"][network])
+            assert len(flat_a) == len(flat_b) > 0
+            assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b)), network
+        for name in ("obs", "priority"):
+            assert torch.equal(a["buffer"][name], b["buffer"][name])
+        assert torch.equal(a["agent"]["generator"], b["agent"]["generator"])
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for value in tree for t in _tensors(value)]
+    return []
+
+
+def test_options_of_single_seed_runs_only_are_refused(tmp_path):
+    with pytest.raises(UldError, match="fp32 without --compile"):
+        train(_config(tmp_path / "bf16", 10, precision="bf16"))
+    with pytest.raises(UldError, match="run the same uld train --seeds command again"):
+        train(_config(tmp_path / "resume", 10, resume=str(tmp_path)))
+
+
+def test_alm_with_several_seeds_is_one_sentence(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--agent", "alm", "--seeds", "0-2",
+                             "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--seeds with more than one seed trains ULD only" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # about 12 minutes on the loaded 2-core machine (the single-seed test: about 1)
+def test_three_seeds_learn_pendulum_reduced_size(tmp_path):
+    """3 seeds in one process each pass the single-seed learning test's bar (tests/test_train.py): the same
+    budget, reduced-size agent and threshold (random policy: about -1300; solved near -150)."""
+    run_dirs = train(TrainConfig(env="gym:Pendulum-v1", seeds="0-2", steps=4000, eval_every=1000, eval_episodes=5,
+                                 progress=False, out=str(tmp_path / "learn"), uld=reduced_config(random_steps=1000)))
+    for run_dir in run_dirs:
+        rows = read_eval_csv(run_dir / "eval.csv")
+        assert rows[0]["mean_return"] < -900
+        assert max(row["mean_return"] for row in rows[-2:]) > -400, (run_dir.name, rows)
+
+
+def _cli(out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--seeds", "1,4", "--steps", str(steps),
+            "--eval-every", "100", "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out),
+            "--small", "--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
+            "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
+            "--uld.buffer-capacity", "5000", "--threads", "1"]
+
+
+def test_sigint_checkpoints_every_seed_and_the_same_command_resumes_exactly(tmp_path):
+    import signal
+    import time
+
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(straight, 300), check=True, capture_output=True, timeout=600)
+    run = tmp_path / "interrupted"
+    process = subprocess.Popen(_cli(run, 300), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    # Interrupt once training has started: seed 4's evaluation at step 100 (after the random phase) exists.
+    while not ((run / "seed4/eval.csv").exists() and len(read_eval_csv(run / "seed4/eval.csv")) >= 2):
+        assert time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "a checkpoint of every seed was saved" in stderr and "Traceback" not in stderr
+    steps = [Checkpointer(run / f"seed{seed}/checkpoints").load_latest()[1] for seed in (1, 4)]
+    assert steps[0] == steps[1] and 100 <= steps[0] < 300
+    subprocess.run(_cli(run, 300), check=True, capture_output=True, timeout=600)
+    for seed in (1, 4):
+        assert _returns(straight / f"seed{seed}") == _returns(run / f"seed{seed}")
+        a, b = (Checkpointer(d / f"seed{seed}/checkpoints").load_latest()[0] for d in (straight, run))
+        assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["policy"]), _tensors(b["agent"]["policy"])))
+        assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["encoder"]), _tensors(b["agent"]["encoder"])))

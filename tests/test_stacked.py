@@ -1,0 +1,160 @@
+"""Many seeds in one agent: seed k of an S-seed StackedULD updates exactly as a single-seed ULDAgent
+with seed k's weights, on the same batch and noise; and no seed's replay reaches another seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uld.agents.stacked import StackedULD, make_buffers
+from uld.agents.uld.agent import ULDAgent
+from uld.agents.uld.config import reduced_config
+from uld.envs.base import EnvSpec
+from uld.errors import UldError
+
+VECTOR = EnvSpec("test:vector", (5,), 2, discrete=False, max_episode_steps=100)
+PIXELS = EnvSpec("test:pixels", (3, 36, 36), 2, discrete=False, max_episode_steps=100, pixels=True)
+SEEDS = [3, 5, 7]
+# A clip norm far below the value gradients' norms: the per-seed clip changes every value gradient.
+CONFIG = reduced_config(batch_size=8, hidden_dim=64, zs_dim=64, zsa_dim=64, za_dim=16, num_bins=17,
+                        target_update_period=2, buffer_capacity=400, value_grad_clip=1e-3)
+# Batched matmuls and grouped convolutions sum in another order than single ones: one update's results
+# agree to fp32 rounding, within 1e-4 of each tensor's largest magnitude (plus 1e-6 for tensors near 0).
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def _fill(buffers, spec: EnvSpec, steps: int = 60, seed_offset: int = 0) -> None:
+    """Different random episodes for each seed's replay (terminations included)."""
+    for k, buffer in enumerate(buffers):
+        rng = np.random.default_rng(100 + k + seed_offset)
+
+        def observation(rng=rng):
+            if spec.pixels:
+                return rng.integers(0, 256, spec.obs_shape, dtype=np.uint8)
+            return rng.normal(size=spec.obs_shape).astype(np.float32)
+
+        obs = observation()
+        for t in range(steps):
+            next_obs = observation()
+            terminated = t % 23 == 22
+            buffer.add(obs, rng.uniform(-1, 1, spec.action_dim).astype(np.float32), float(rng.normal()),
+                       next_obs, terminated, False)
+            obs = observation() if terminated else next_obs
+
+
+def _single(stacked: StackedULD, spec: EnvSpec, k: int) -> ULDAgent:
+    agent = ULDAgent(spec, CONFIG, cuda_graphs=False)
+    agent.load_state_dict(stacked.seed_state_dict(k))
+    return agent
+
+
+def _close(a, b, what):
+    a, b = a.double(), b.double()
+    assert a.shape == b.shape, what
+    error, scale = (a - b).abs().max().item(), b.abs().max().item()
+    assert error <= ATOL + RTOL * scale, f"{what}: max |difference| {error:.3g}, max |value| {scale:.3g}"
+
+
+def _grads(module) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("spec", [VECTOR, PIXELS], ids=["vector", "pixels"])
+def test_seed_k_update_equals_single_seed_update(spec):
+    stacked = StackedULD(spec, CONFIG, SEEDS)
+    buffers = make_buffers(spec, CONFIG, SEEDS, "cpu")
+    _fill(buffers, spec)
+    stacked.reward_scale.copy_(torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64))
+    singles = [_single(stacked, spec, k) for k in range(len(SEEDS))]
+    single_buffers = make_buffers(spec, CONFIG, SEEDS, "cpu")
+    _fill(single_buffers, spec)
+
+    # The encoder step: seed k draws its batch from its replay and its shifts from its generator; the
+    # single agent draws the same from an identical replay and torch's global generator in that state.
+    noise_states = [g.get_state() for g in stacked.generators]
+    enc_metrics = stacked.update_encoder(*stacked.encoder_inputs(buffers))
+    for k, (agent, buffer) in enumerate(zip(singles, single_buffers)):
+        torch.set_rng_state(noise_states[k])
+        metrics = agent._update_encoder(buffer)
+        for name, value in metrics.items():
+            _close(enc_metrics[name][k], value, name)
+        for name, g in _grads(agent.encoder).items():
+            _close(stacked.params[f"encoder.{name}"].grad[k], g, f"encoder grad {name}")
+        for name, p in agent.encoder.named_parameters():
+            _close(stacked.params[f"encoder.{name}"][k], p.detach(), f"encoder {name}")
+
+    # The value + policy step with the clip biting, then the priorities it writes.
+    noise_states = [g.get_state() for g in stacked.generators]
+    batch, obs, noise = stacked.value_policy_inputs(buffers)
+    vp_metrics = stacked.update_value_and_policy(buffers, batch, obs, noise)
+    for k, (agent, buffer) in enumerate(zip(singles, single_buffers)):
+        torch.set_rng_state(noise_states[k])
+        metrics = agent._update_value_and_policy(buffer)
+        assert set(metrics) == set(vp_metrics)
+        for name, value in metrics.items():
+            _close(vp_metrics[name][k], value, name)
+        for network in ("value", "policy"):
+            for name, g in _grads(getattr(agent, network)).items():
+                _close(stacked.params[f"{network}.{name}"].grad[k], g, f"{network} grad {name}")
+            for name, p in getattr(agent, network).named_parameters():
+                _close(stacked.params[f"{network}.{name}"][k], p.detach(), f"{network} {name}")
+        # Clipped: the value gradient's norm is the clip norm (1e-3), far below the unclipped one.
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in _grads(agent.value).values()]))
+        assert norm == pytest.approx(CONFIG.value_grad_clip, rel=1e-3)
+        _close(buffers[k].priority, buffer.priority, "priorities")
+        assert torch.equal(buffers[k].generator.get_state(), buffer.generator.get_state())
+    # Each seed used its own batch: three seeds, three different sets of start slots.
+    assert len({tuple(batch.index[k].tolist()) for k in range(len(SEEDS))}) == len(SEEDS)
+
+
+def test_seed_state_dict_is_a_single_seed_checkpoint_and_round_trips():
+    stacked = StackedULD(VECTOR, CONFIG, SEEDS)
+    buffers = make_buffers(VECTOR, CONFIG, SEEDS, "cpu")
+    _fill(buffers, VECTOR)
+    for _ in range(3):
+        stacked.update(buffers)
+    # Seed 5's initial weights are those of a single-seed agent built after torch.manual_seed(5).
+    torch.manual_seed(5)
+    fresh = ULDAgent(VECTOR, CONFIG, cuda_graphs=False)
+    assert torch.equal(StackedULD(VECTOR, CONFIG, SEEDS).params["policy.mlp.l1.weight"][1], fresh.policy.mlp.l1.weight)
+
+    states = [stacked.seed_state_dict(k) for k in range(3)]
+    assert set(states[0]) >= set(ULDAgent._MODULES) | {"counters"}
+    other = StackedULD(VECTOR, CONFIG, [0, 1, 2])
+    other.load_seed_state_dicts(states)
+    for key, value in stacked.params.items():
+        assert torch.equal(value, other.params[key]), key
+    assert other.training_step == 3
+    assert torch.equal(other.reward_scale, stacked.reward_scale)
+    # Both continue identically (optimizer states and noise generators came along).
+    copies = make_buffers(VECTOR, CONFIG, SEEDS, "cpu")
+    for buffer, copy in zip(buffers, copies):
+        copy.load_state_dict(buffer.state_dict())
+    stacked.update(buffers)
+    other.update(copies)
+    for key, value in stacked.params.items():
+        assert torch.equal(value, other.params[key]), key
+
+
+def test_seeds_are_independent():
+    """Changing seed 1's replay contents changes seed 1's parameters and no other seed's."""
+    results = []
+    for offset in (0, 1000):
+        stacked = StackedULD(VECTOR, CONFIG, SEEDS)
+        buffers = make_buffers(VECTOR, CONFIG, SEEDS, "cpu")
+        _fill(buffers[:1], VECTOR)
+        _fill(buffers[1:2], VECTOR, seed_offset=offset)  # only seed 1's episodes differ between the runs
+        _fill(buffers[2:], VECTOR, seed_offset=2)
+        for _ in range(4):
+            stacked.update(buffers)
+        results.append(stacked.params)
+    a, b = results
+    for key in a:
+        assert torch.equal(a[key][0], b[key][0]) and torch.equal(a[key][2], b[key][2]), key
+    assert any(not torch.equal(a[key][1], b[key][1]) for key in a)
+
+
+def test_discrete_actions_are_refused_in_one_sentence():
+    with pytest.raises(UldError, match="continuous actions only"):
+        StackedULD(EnvSpec("test:discrete", (5,), 4, discrete=True, max_episode_steps=10), CONFIG, SEEDS)
