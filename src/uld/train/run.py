@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uld.agents import build_agent
+from uld.agents import build_agent, get_agent
 from uld.envs import make_env
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
@@ -176,6 +176,7 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
         return run_dir
 
     env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100, evaluation=True)
+    get_agent(cfg.agent).check_supports(env.spec)  # before anything is moved or written
     check_buffer_memory(cfg, env.spec)
     aside = move_aside(run_dir) if start_over and run_dir.is_dir() else None
     if aside is not None:
