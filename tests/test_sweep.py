@@ -6,6 +6,7 @@ uninterrupted local sweep (resumption is exact; wall_seconds differ and are not 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -225,9 +226,10 @@ def test_group_runs_keeps_seeds_at_one_checkpoint_step_together(tmp_path):
         return Run("gym:Pendulum-v1", seed, str(run_dir), 100,
                    ("--env", "gym:Pendulum-v1", "--seed", str(seed), "--out", str(run_dir), "--small"))
 
+    # Seed 3 stands at a checkpoint of step 50 (one whose checksum verifies), the others at none.
     (tmp_path / "env/seed3/checkpoints").mkdir(parents=True)
-    for suffix in (".pt", ".sha256"):
-        (tmp_path / f"env/seed3/checkpoints/step-0000000050{suffix}").write_text("")
+    (tmp_path / "env/seed3/checkpoints/step-0000000050.pt").write_bytes(b"state")
+    (tmp_path / "env/seed3/checkpoints/step-0000000050.sha256").write_text(hashlib.sha256(b"state").hexdigest() + "\n")
     groups = group_runs([run(seed) for seed in range(5)], 2)
     assert [g.group or (g.seed,) for g in groups] == [(0, 1), (2, 4), (3,)]
     assert groups[0].argv == ("--env", "gym:Pendulum-v1", "--seeds", "0,1", "--out", str(tmp_path / "env"), "--small")

@@ -5,9 +5,8 @@ algorithm and checkpoints stay interchangeable between compiled and eager runs. 
 (``dynamic=False``): an agent sees a handful of batch shapes (acting, the update batch, the encoder's
 H-step batch), each compiled once.
 
-Where it should pay: on GPUs, where it removes kernel launches (not measured yet: no GPU here). On a
-2-core CPU the compiled step measures the same as the eager one (``benchmarks/speed.py --compile``):
-the GEMMs, which compilation does not speed up, are most of the step.
+Where it should pay: on GPUs, where it removes kernel launches. On a CPU the GEMMs, which compilation
+does not speed up, are most of the step (figures: docs/speed.md, ``benchmarks/speed.py --compile``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark suites: named sets of envs sharing one protocol (spec/ULD.md, "Domains, protocols and budgets").
+"""Benchmark suites: named sets of envs sharing one protocol (docs/algorithm.md, Protocols).
 
 Also the mapping between uld env names (``dmc:cheetah-run``) and the names the published result
 files use (``Dmc-cheetah-run``; shared/reference/README.md), so that results can be compared.
@@ -16,7 +16,7 @@ from uld.envs.registry import domain_from_reference_name, find_domain, get_domai
 from uld.errors import UldError
 
 GYM_TASKS = ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
-"""The Gym locomotion tasks of the benchmark (spec: Domains, Gym)."""
+"""The Gym locomotion tasks of the benchmark (docs/algorithm.md, Protocols: Gym)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ SUITES: dict[str, Suite] = {
               "Atari 2600 through ALE v5, sticky actions"),
     )
 }
-"""Every suite by name (spec: Domains; Atari: the 57 games of the human-normalized benchmark)."""
+"""Every suite by name (docs/algorithm.md, Protocols; Atari: the 57 games of the human-normalized benchmark)."""
 
 
 def get_suite(name: str) -> Suite:

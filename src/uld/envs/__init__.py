@@ -1,7 +1,7 @@
 """Environments by name: ``make_env("gym:HalfCheetah-v5", seed)``, ``make_env("atari:Pong", seed)``.
 
 A name is ``<domain>:<id>``; each domain module registers its prefix (uld/envs/registry.py) and applies
-its protocol (spec/ULD.md, "Domains"). The libraries behind the domains are imported only when an env
+its protocol (docs/algorithm.md, Protocols). The libraries behind the domains are imported only when an env
 is made.
 """
 

@@ -1,4 +1,4 @@
-"""Atari 2600 games through the Arcade Learning Environment (spec/ULD.md, "Domains": Atari).
+"""Atari 2600 games through the Arcade Learning Environment (docs/algorithm.md, Protocols: Atari).
 
 Protocol (ALE v5 settings, with the frame processing done here rather than inside ALE):
 - sticky actions with probability 0.25, the game's minimal action set, ALE frameskip 1;
@@ -9,7 +9,7 @@ Protocol (ALE v5 settings, with the frame processing done here rather than insid
 - no no-op starts, no life-loss terminals, no reward clipping;
 - episodes are truncated after 108,000 frames (27,000 agent steps);
 - the evaluation env replaces the agent's action by a uniformly random one with probability 0.001;
-  the training env never does (spec: "Where the reference differs", item 4).
+  the training env never does (docs/algorithm.md, difference 4).
 
 ale-py and OpenCV are imported only when an env is made; they come with ``pip install "uld[atari]"``.
 """
@@ -27,22 +27,22 @@ from uld.envs.registry import Domain, Normalization, register_domain
 from uld.errors import UldError
 
 ACTION_REPEAT = 4
-"""ALE frames per agent step (spec: Atari protocol, action repeat 4 in the wrapper)."""
+"""ALE frames per agent step (docs/algorithm.md, Protocols: Atari protocol, action repeat 4 in the wrapper)."""
 
 STICKY_ACTION_PROBABILITY = 0.25
-"""Chance, per ALE frame, that the previous action is repeated instead of the new one (spec: sticky actions)."""
+"""Chance, per ALE frame, that the previous action is repeated instead of the new one (docs/algorithm.md, Protocols)."""
 
 MAX_EPISODE_FRAMES = 108_000
-"""ALE frames after which an episode is truncated (spec: episode cap), i.e. 27,000 agent steps."""
+"""ALE frames after which an episode is truncated (docs/algorithm.md, Protocols): 27,000 agent steps."""
 
 EVAL_EPSILON = 0.001
-"""Chance of a uniformly random action in the evaluation env (spec: Atari protocol)."""
+"""Chance of a uniformly random action in the evaluation env (docs/algorithm.md, Protocols: Atari protocol)."""
 
 FRAME_SIZE = 84
 """Side of the square frame the screen is resized to."""
 
 HISTORY = 4
-"""Frames per observation (spec: Atari protocol, 4-frame history)."""
+"""Frames per observation (docs/algorithm.md, Protocols: Atari protocol, 4-frame history)."""
 
 INSTALL_HELP = 'pip install "uld[atari]" (ale-py and opencv-python-headless)'
 """What to run when the Atari dependencies are missing."""

@@ -2,7 +2,7 @@
 
 An env in uld always takes actions scaled to [-1, 1] (continuous) or an integer index (discrete),
 and returns observations as numpy arrays. Each domain module (gym.py, dmc.py, ...) adapts its
-library to this one interface and applies its domain's protocol (spec/ULD.md, "Domains").
+library to this one interface and applies its domain's protocol (docs/algorithm.md, Protocols).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class FrameHistory:
     """The last ``length`` frames of an episode as one channel-first uint8 stack, oldest frame first.
 
     A (C, H, W) frame pushed onto a history of length h gives an (h * C, H, W) observation. At reset
-    the first frame fills every position (spec: DMC visual and Atari, first frame repeated at
+    the first frame fills every position (docs/algorithm.md, DMC visual and Atari, first frame repeated at
     reset), which is also what uld.replay.frames.FrameStackBuffer rebuilds from stored frames.
     """
 

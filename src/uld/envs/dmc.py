@@ -1,4 +1,4 @@
-"""dm_control suite tasks, proprioceptive or from pixels (spec/ULD.md, "Domains": DMC, DMC visual).
+"""dm_control suite tasks, proprioceptive or from pixels (docs/algorithm.md, Protocols: DMC, DMC visual).
 
 Protocol: action repeat 2 with rewards summed, 500 agent steps per episode (= 1000 env steps,
 dm_control's own time limit), actions in [-1, 1] mapped onto the action spec's bounds, task seeded
@@ -26,10 +26,10 @@ if TYPE_CHECKING:
     from dm_control.rl.control import Environment
 
 ACTION_REPEAT = 2
-"""Env steps per agent step (spec: DMC protocol, action repeat 2)."""
+"""Env steps per agent step (docs/algorithm.md, Protocols: DMC protocol, action repeat 2)."""
 
 MAX_EPISODE_STEPS = 500
-"""Agent steps per episode (spec: DMC protocol); also caps tasks without a time limit (LQR)."""
+"""Agent steps per episode (docs/algorithm.md, Protocols: DMC protocol); also caps tasks without a time limit (LQR)."""
 
 DMC_SUITE_28 = (
     "acrobot-swingup",
@@ -61,16 +61,16 @@ DMC_SUITE_28 = (
     "walker-stand",
     "walker-walk",
 )
-"""The 28 tasks of the DMC benchmark (spec: "Domains", DMC), as ``domain-task`` names."""
+"""The 28 tasks of the DMC benchmark (docs/algorithm.md, Protocols: DMC), as ``domain-task`` names."""
 
 _CAMERA_BY_DOMAIN = {"quadruped": 2}
-"""Render camera per domain, 0 otherwise (spec: DMC visual protocol)."""
+"""Render camera per domain, 0 otherwise (docs/algorithm.md, Protocols: DMC visual protocol)."""
 
 PIXEL_SIZE = 84
-"""Side of the rendered square frame (spec: DMC visual protocol, 84x84 RGB)."""
+"""Side of the rendered square frame (docs/algorithm.md, Protocols: DMC visual protocol, 84x84 RGB)."""
 
 PIXEL_HISTORY = 3
-"""Frames per pixel observation (spec: DMC visual protocol, 3-frame history)."""
+"""Frames per pixel observation (docs/algorithm.md, Protocols: DMC visual protocol, 3-frame history)."""
 
 _GL_AT_RESET = {"dmc:quadruped-escape"}
 """Tasks whose reset opens an OpenGL context (dm_control uploads the new terrain to the renderer)."""
@@ -193,7 +193,7 @@ class DmcEnv:
 class DmcPixelEnv(DmcEnv):
     """A dm_control task seen through its camera: (9, 84, 84) uint8 stacks of the last 3 RGB frames.
 
-    One frame is rendered per agent step, after both repeated env steps (spec: DMC visual protocol).
+    One frame is rendered per agent step, after both repeated env steps (docs/algorithm.md, Protocols).
     The RNG state is the task's and sample_action's, as for DmcEnv: rendering draws no random numbers.
     """
 

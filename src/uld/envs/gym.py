@@ -1,4 +1,4 @@
-"""Gymnasium envs with vector observations, continuous or discrete actions (spec/ULD.md, "Domains": Gym).
+"""Gymnasium envs with vector observations, continuous or discrete actions (docs/algorithm.md, Protocols: Gym).
 
 Protocol: no preprocessing, the env's registered time limit (1000 steps for the MuJoCo locomotion
 tasks). The only changes uld makes are its conventions: continuous actions in [-1, 1] mapped
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import gymnasium
 
 DEFAULT_TIME_LIMIT = 1000
-"""Episode cap for an env registered without one (spec: Gym protocol, time limit 1000)."""
+"""Episode cap for an env registered without one (docs/algorithm.md, Protocols: Gym protocol, time limit 1000)."""
 
 def _check_supported(name: str, env: gymnasium.Env) -> None:
     """Refuse spaces this env type does not handle (one place, so a later issue can lift it)."""

@@ -1,4 +1,4 @@
-"""The reference protocol of a run: training budget and evaluation cadence (spec/ULD.md, Domains).
+"""The reference protocol of a run: training budget and evaluation cadence (docs/algorithm.md, Protocols).
 
 Each domain declares its own in its registration (uld/envs/registry.py); an agent may override it
 with its paper's (uld/agents/registry.py).

@@ -1,4 +1,4 @@
-"""MBPO's truncated-observation Ant and Humanoid on Gymnasium v5 (spec/ALM.md, Environments).
+"""MBPO's truncated-observation Ant and Humanoid on Gymnasium v5 (docs/alm.md, Environments).
 
 Importing this module registers, once, with Gymnasium:
 - ``AntTruncatedObs-v5``: Ant-v5 without the contact forces (27-d observation).

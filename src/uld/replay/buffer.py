@@ -1,10 +1,10 @@
-"""Replay of H-step subsequences with LAP priorities (spec: Replay buffer), held on the training device.
+"""Replay of H-step subsequences with LAP priorities (docs/algorithm.md, Replay), held on the training device.
 
 Layout. Slots form a ring. An episode's transitions occupy consecutive slots; slot p holds the
 observation s_t, the action a_t, and the reward r_{t+1} and terminal flag d_{t+1} that followed it.
 When an episode ends, the slot after its last transition holds the true final observation (and no
 transition), so each observation is stored exactly once and the dynamics target at a terminal is
-the real final observation (spec: "correct" item 2).
+the real final observation (docs/algorithm.md, difference 2).
 
 Valid starts. A start p may be sampled when its window of H transitions p..p+H-1 and H+1
 observations p..p+H lies in one episode, or when the episode terminates inside the window (the
@@ -91,7 +91,7 @@ class ReplayBuffer:
         action_dim: width of a stored action (continuous: scaled to [-1, 1]; discrete: one-hot).
         capacity: number of slots (transitions plus one final-observation slot per finished episode).
         horizon: H, the subsequence length every sampled start must support.
-        prioritized: LAP sampling (spec: on); False samples valid starts uniformly.
+        prioritized: LAP sampling (docs/algorithm.md, Replay); False samples valid starts uniformly.
         alpha: LAP exponent applied to |TD error|.
         min_priority: LAP clamp below which |TD error| does not lower a priority.
         seed: seed of the buffer's own random generator (a torch.Generator on `device`).
@@ -127,7 +127,7 @@ class ReplayBuffer:
         self._terminated = zeros(capacity)
         self._is_transition = zeros(capacity, dtype=torch.bool)
         self._valid = zeros(capacity, dtype=torch.bool)
-        # Empty slots start at priority 0, never at uninitialised memory (spec: "correct" item 3).
+        # Empty slots start at priority 0, never at uninitialised memory (docs/algorithm.md, difference 3).
         self._priority = zeros(capacity, dtype=torch.float64)
         self.max_priority = torch.ones((), dtype=torch.float64, device=self.device)
         # Stored transitions and their sum |r| = what was added (known on the host) minus what was
@@ -199,7 +199,7 @@ class ReplayBuffer:
         return int(self.valid.sum())
 
     def reward_scale(self) -> Tensor:
-        """Mean |r| over stored transitions (spec: reward scale), floored at 1e-8: a 0-d float64 tensor."""
+        """Mean |r| over stored transitions (docs/algorithm.md, Update schedule), floored at 1e-8: a 0-d float64 tensor."""
         return (self.abs_reward_sum / self.num_transitions.clamp(min=1)).clamp(min=1e-8)
 
     def _as_index(self, index) -> Tensor:
@@ -353,7 +353,7 @@ class ReplayBuffer:
         return self.gather(self.draw(batch_size), horizon)
 
     def update_priorities(self, index, td_error) -> None:
-        """LAP: priority = max(|TD error|, min_priority) ** alpha (spec: Update schedule).
+        """LAP: priority = max(|TD error|, min_priority) ** alpha (docs/algorithm.md, Priorities).
 
         Where a start appears more than once in a batch, its last TD error sets its priority; the
         maximum priority, which new transitions enter with, is over every error of the batch (as

@@ -1,4 +1,4 @@
-"""Replay for pixel observations: each frame stored once, stacks rebuilt from indices (spec: Replay buffer).
+"""Replay for pixel observations: each frame stored once, stacks rebuilt from indices (docs/algorithm.md, Replay).
 
 A pixel observation is a stack of the episode's last ``history`` frames, (history * C, H, W)
 uint8, with the episode's first frame repeated at its start (uld.envs.dmc.FrameHistory). Storing

@@ -1,6 +1,6 @@
 """A sum tree over non-negative weights in one tensor: O(log N) updates and O(B log N) proportional sampling.
 
-LAP (spec: Replay buffer) samples start indices with probability proportional to their priority.
+LAP (docs/algorithm.md, Replay) samples start indices with probability proportional to their priority.
 Recomputing a cumulative sum over a 1M-slot buffer for every batch would cost O(capacity) per
 training step; the tree keeps every update and every draw logarithmic.
 

@@ -41,7 +41,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     """Arithmetic of the training step: fp32, or bf16 autocast (fast on CPUs with AMX and on GPUs)."""
     compile: bool = False
-    """torch.compile the networks (same results to fp32 rounding; measured neutral on a 2-core CPU, meant for GPUs)."""
+    """torch.compile the networks (same results to fp32 rounding; meant for GPUs, neutral on CPUs: docs/speed.md)."""
     cuda_graphs: bool = True
     """On a CUDA device, replay the agent's updates as CUDA graphs (same algorithm, far fewer kernel launches);
     --no-cuda-graphs runs them eagerly."""

@@ -32,7 +32,7 @@ METADATA_KEY = "uld"
 
 
 class ULDPolicy(nn.Module):
-    """ULD's evaluation action: tanh(pi(f(obs))), or argmax of pi's logits (spec: "correct" item 5)."""
+    """ULD's evaluation action: tanh(pi(f(obs))), or argmax of pi's logits (docs/algorithm.md, difference 5)."""
 
     def __init__(self, state_encoder: nn.Module, policy_mlp: nn.Module, discrete: bool, pixels: bool):
         super().__init__()

@@ -114,7 +114,7 @@ def _common_step(checkpointers: list[Checkpointer]) -> int | None:
 
 def evaluate_seeds(agent: StackedULD, envs: list, episodes: int) -> list[list[float]]:
     """`episodes` deterministic episodes on each seed's evaluation env, stepped in lock-step with one
-    batched action per step (spec: Evaluation); a seed whose episodes are done waits for the others."""
+    batched action per step (docs/algorithm.md, Protocols); a seed whose episodes are done waits for the others."""
     returns: list[list[float]] = [[] for _ in envs]
     obs = [env.reset() for env in envs]
     totals = [0.0] * len(envs)

@@ -25,7 +25,7 @@ class Agent(Protocol):
 
 
 def evaluate(agent: Agent, env: Env, episodes: int, stop=None) -> list[float] | None:
-    """Undiscounted returns of `episodes` deterministic-policy episodes (spec: Evaluation).
+    """Undiscounted returns of `episodes` deterministic-policy episodes (docs/algorithm.md, Protocols).
 
     `stop` is called before every env step; when it returns True the evaluation is abandoned and
     None returned, so that a stop request waits one env step, not a whole evaluation.
@@ -107,7 +107,7 @@ class Trainer:
         self._episode_actions: list = []
 
     def _store_action(self, action: np.ndarray | int) -> np.ndarray:
-        """Actions enter the buffer scaled to [-1, 1], or one-hot for discrete envs (spec: Replay buffer)."""
+        """Actions enter the buffer scaled to [-1, 1], or one-hot for discrete envs (docs/algorithm.md, Replay)."""
         if self.env.spec.discrete:
             one_hot = np.zeros(self.env.spec.action_dim, dtype=np.float32)
             one_hot[int(action)] = 1.0

@@ -1,4 +1,4 @@
-"""ALM, Aligned Latent Models (Ghugare et al., ICLR 2023), as specified in spec/ALM.md; registered as `--agent alm`."""
+"""ALM, Aligned Latent Models (Ghugare et al., ICLR 2023), as specified in docs/alm.md; registered as `--agent alm`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,6 @@ def build(spec, config: ALMConfig, context: BuildContext):
 
 AGENT = register_agent(AgentSpec(
     name="alm", config=ALMConfig, build=build, small=reduced_config, title="ALM", protocol=alm_protocol,
-    description="ALM: one lower bound of the return trains encoder, latent model and policy (spec/ALM.md)",
+    description="ALM: one lower bound of the return trains encoder, latent model and policy (docs/alm.md)",
     discrete_actions=False, pixels=False,
 ))

@@ -1,4 +1,4 @@
-"""The ALM agent: acting, and one training iteration of spec/ALM.md (steps 1-5)."""
+"""The ALM agent: acting, and one training iteration of docs/alm.md (steps 1-5)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class ALMAgent:
 
     @property
     def exploration_std(self) -> float:
-        """The scheduled policy std at the current training step (spec: exploration std)."""
+        """The scheduled policy std at the current training step (docs/alm.md, exploration std)."""
         return self.config.exploration_std(self.training_step)
 
     # ---- acting -------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ class ALMAgent:
         """The action in [-1, 1]^A for one observation; z is sampled from the online encoder.
 
         Exploring adds unclipped noise with the scheduled std; evaluating takes the mean action
-        (spec: evaluation). Both stay within the bounds.
+        (docs/alm.md, evaluation). Both stay within the bounds.
         """
         obs_t = torch.as_tensor(obs, device=self.device, dtype=torch.float32).unsqueeze(0)
         mean = self.actor(self.encoder(obs_t).rsample())
@@ -170,7 +170,7 @@ class ALMAgent:
 
 def make_buffer(spec: EnvSpec, config: ALMConfig, seed: int, total_steps: int,
                 device: str | torch.device = "cpu") -> ReplayBuffer:
-    """ALM's FIFO replay: uniform K-step sequences; transitions are its 1-step prefixes (spec: replay).
+    """ALM's FIFO replay: uniform K-step sequences; transitions are its 1-step prefixes (docs/alm.md, replay).
 
     The ring keeps min(capacity, total steps) transitions, plus one slot per time-limited episode for
     its final observation (uld's buffer stores each observation once); episodes that terminate early

@@ -1,4 +1,4 @@
-"""ALM hyperparameters and run protocol (spec/ALM.md, Hyperparameters)."""
+"""ALM hyperparameters and run protocol (docs/alm.md, Hyperparameters)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class ALMConfig:
         return self.exploration_std_start + fraction * (self.exploration_std_end - self.exploration_std_start)
 
     def capacity_for(self, env_name: str, total_steps: int) -> int:
-        """Transitions the FIFO replay keeps: min(capacity, total steps), Humanoid's larger (spec: replay)."""
+        """Transitions the FIFO replay keeps: min(capacity, total steps), Humanoid's larger (docs/alm.md, replay)."""
         humanoid = env_name.partition(":")[2].startswith("Humanoid")
         return min(self.humanoid_buffer_capacity if humanoid else self.buffer_capacity, total_steps)
 
@@ -62,11 +62,11 @@ class ALMConfig:
 ALM_EVAL_EVERY = 5_000
 ALM_EVAL_EPISODES = 5
 ALM_LONG_BUDGET_ENVS = ("Ant", "Humanoid")
-"""Gym env names (before "-v") ALM trains for 500k steps; every other env gets 300k (spec: budgets)."""
+"""Gym env names (before "-v") ALM trains for 500k steps; every other env gets 300k (docs/alm.md, budgets)."""
 
 
 def alm_protocol(env_name: str) -> Protocol:
-    """ALM's budget and evaluation cadence for an env (spec/ALM.md: evaluation, budgets)."""
+    """ALM's budget and evaluation cadence for an env (docs/alm.md: evaluation, budgets)."""
     domain, _, env_id = env_name.partition(":")
     long = domain == "gym" and env_id.split("-v")[0] in ALM_LONG_BUDGET_ENVS
     return Protocol(steps=500_000 if long else 300_000, eval_every=ALM_EVAL_EVERY, eval_episodes=ALM_EVAL_EPISODES)

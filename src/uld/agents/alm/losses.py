@@ -1,4 +1,4 @@
-"""ALM losses, written as in spec/ALM.md (One training iteration): functions from networks and tensors
+"""ALM losses, written as in docs/alm.md (One training iteration): functions from networks and tensors
 to a loss and metrics.
 
 Index convention for a batch of sequences: obs[:, t] is s_t; action[:, t] is a_t; reward[:, t] and
@@ -35,7 +35,7 @@ def gaussian_kl(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor) ->
 
 
 def lambda_returns(reward: Tensor, next_value: Tensor, discount: float, td_lambda: float) -> Tensor:
-    """G_K = v_K; G_t = r_t + γ((1 − λ) v_{t+1} + λ G_{t+1}) for t < K (spec: Actor).
+    """G_K = v_K; G_t = r_t + γ((1 − λ) v_{t+1} + λ G_{t+1}) for t < K (docs/alm.md, Actor).
 
     reward[:, t] = r̂_t and next_value[:, t] = v_{t+1}, both (B, K); returns G_0..G_{K-1}, (B, K).
     """
@@ -69,7 +69,7 @@ def model_loss(
     std: float,
     clip: float,
 ) -> tuple[Tensor, Metrics]:
-    """Representation + model: the lower bound on a K-step sequence, minimized over e and m (spec: step 1).
+    """Representation + model: the lower bound on a K-step sequence, minimized over e and m (docs/alm.md, step 1).
 
     L = Σ_t [KL(m(z_t, a_t) || ē(s_{t+1})) − R(z_t, a_t)] − min Q(z_K, a_K), with z_0 ~ e(s_0) and
     z_{t+1} ~ m(z_t, a_t), both reparameterized. R and Q are frozen, π is used without gradient.
@@ -113,7 +113,7 @@ def reward_classifier_loss(
     reward_target: Tensor,
     next_obs: Tensor,
 ) -> tuple[Tensor, Metrics]:
-    """Reward MSE on real (z, a, r) plus the classifier's cross-entropy (spec: step 2).
+    """Reward MSE on real (z, a, r) plus the classifier's cross-entropy (docs/alm.md, step 2).
 
     Latents come from ē without gradient. The classifier sees the first half of the batch with the
     real next latent z' ~ ē(s') (label 1) and the second half with a model sample z' ~ m(z, a) (label 0).
@@ -151,7 +151,7 @@ def critic_loss(
     clip: float,
     discount: float,
 ) -> tuple[Tensor, Metrics]:
-    """Mean of both Q heads' MSE to y = r + γ(1 − d) min Q̄(z', a'), on real data (spec: step 3)."""
+    """Mean of both Q heads' MSE to y = r + γ(1 − d) min Q̄(z', a'), on real data (docs/alm.md, step 3)."""
     with torch.no_grad():
         z = encoder_target(obs).rsample()
         next_z = encoder_target(next_obs).rsample()
@@ -182,7 +182,7 @@ def actor_loss(
     horizon: int,
     classifier_weight: float,
 ) -> tuple[Tensor, Metrics]:
-    """−mean over t < K and batch of γ^t G_t on a K-step imagined rollout (spec: step 4).
+    """−mean over t < K and batch of γ^t G_t on a K-step imagined rollout (docs/alm.md, step 4).
 
     z_0 ~ ē(s) without gradient; a_t ~ π(z_t.detach()); z_{t+1} ~ m(z_t, a_t), so the gradient of
     later rewards and values reaches earlier actions through the frozen model. r̂_t = R(z_t, a_t) +

@@ -1,4 +1,4 @@
-"""ALM networks: encoder, latent model, reward, classifier, twin critic, actor (spec/ALM.md, Networks).
+"""ALM networks: encoder, latent model, reward, classifier, twin critic, actor (docs/alm.md, Networks).
 
 Every Linear layer starts orthogonal with zero bias. The encoder and the latent model output a
 diagonal Gaussian over the 50-d latent z; the actor outputs the mean of a truncated normal whose std

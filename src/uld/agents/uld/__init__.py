@@ -1,4 +1,4 @@
-"""ULD / MR.Q (Fujimoto et al., ICLR 2025), as specified in spec/ULD.md; registered as `--agent uld`."""
+"""ULD / MR.Q (Fujimoto et al., ICLR 2025), as specified in docs/algorithm.md; registered as `--agent uld`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def build(spec, config: ULDConfig, context: BuildContext):
 
 AGENT = register_agent(AgentSpec(
     name="uld", config=ULDConfig, build=build, small=reduced_config, title="ULD",
-    description="ULD / MR.Q: model-based representations and a TD3-style actor-critic (spec/ULD.md)",
+    description="ULD / MR.Q: model-based representations and a TD3-style actor-critic (docs/algorithm.md)",
     discrete_actions=True, pixels=True, design_study=VARIANTS,
 ))

@@ -1,4 +1,4 @@
-"""ULD / MR.Q hyperparameters: the one set used for every domain (spec/ULD.md, Hyperparameters)."""
+"""ULD / MR.Q hyperparameters: the one set used for every domain (docs/algorithm.md)."""
 
 from __future__ import annotations
 
@@ -97,11 +97,11 @@ class ULDConfig:
 
     @property
     def horizon(self) -> int:
-        """Length of the stored subsequences: max(H_enc, H_Q) (spec: Replay buffer)."""
+        """Length of the stored subsequences: max(H_enc, H_Q) (docs/algorithm.md, Replay)."""
         return max(self.encoder_window, self.q_horizon)
 
     def for_discrete(self) -> ULDConfig:
-        """Discrete actions halve sigma, target noise and clip (spec: Hyperparameters, discrete)."""
+        """Discrete actions halve sigma, target noise and clip (docs/algorithm.md, Acting)."""
         return replace(
             self,
             exploration_noise=self.exploration_noise / 2,

@@ -1,6 +1,6 @@
 """ULD networks: state encoder f, state-action encoder g with its latent model head, policy, value.
 
-Shapes and activations follow spec/ULD.md, Networks. Layer norms carry no learnable affine.
+Shapes and activations follow docs/algorithm.md, Networks. Layer norms carry no learnable affine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from uld.agents.linear import Linear
 
 # Without autograd (the target encoder's pass over H next states), the pixel encoder takes large
 # batches in chunks of this many images, so that each conv map fits the CPU's last-level cache (one
-# pass of 1,280 DMC stacks measured 2x slower, docs/speed.md). Every layer treats images independently,
+# unchunked pass is much slower; the figures are in docs/speed.md). Every layer treats images independently,
 # so the result is that of one pass, to fp32 rounding (convolution algorithms depend on batch size).
 NO_GRAD_CHUNK = 128
 
@@ -84,8 +84,8 @@ class PixelStateEncoder(nn.Module):
         return self._forward(obs)
 
     def _forward(self, obs: Tensor) -> Tensor:
-        # Channels-last (NHWC) is oneDNN's native layout: the convolutions run 2-3x faster on a CPU than
-        # on NCHW, which oneDNN would reorder at every call; the values agree to fp32 rounding. The
+        # Channels-last (NHWC) is oneDNN's native layout: the convolutions run faster on a CPU than on
+        # NCHW, which oneDNN would reorder at every call (docs/speed.md); the values agree to fp32 rounding. The
         # scaling and the ELUs work in place on fresh tensors that autograd does not need to keep (a
         # convolution's backward uses its input, not its output; ELU's can use its output).
         # The layout changes on the uint8 frames (a quarter of the bytes), then they become floats.
