@@ -127,7 +127,7 @@ def test_alm_with_several_seeds_is_one_sentence(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow  # about 12 minutes on the loaded 2-core machine (the single-seed test: about 1)
+@pytest.mark.slow  # 158 s on the 2-core machine, twice the single-seed learning test (87 s)
 def test_three_seeds_learn_pendulum_reduced_size(tmp_path):
     """3 seeds in one process each pass the single-seed learning test's bar (tests/test_train.py): the same
     budget, reduced-size agent and threshold (random policy: about -1300; solved near -150)."""
