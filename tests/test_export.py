@@ -158,6 +158,28 @@ def test_export_errors_are_one_sentence(runs, tmp_path, capsys, monkeypatch):
     assert "must end in .onnx (ONNX) or .pt (TorchScript)" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "policy.onnx")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+    # A run directory's files are never replaced (its checkpoints are .pt files too), nor an existing model
+    # without --overwrite; a path that cannot be written is one sentence too.
+    checkpoint = sorted((runs["vector"] / "checkpoints").glob("step-*.pt"))[-1]
+    before = checkpoint.read_bytes()
+    assert main(["export", str(runs["vector"]), "--out", str(checkpoint)]) == 2
+    assert "lies inside the run directory" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"keep")
+    assert main(["export", str(runs["vector"]), "--out", str(existing)]) == 2
+    assert "exists; pass another file name, or --overwrite" in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep"
+    assert main(["export", str(runs["vector"]), "--out", str(existing), "--overwrite"]) == 0
+    assert existing.read_bytes() != b"keep"
+    capsys.readouterr()
+    (tmp_path / "a_dir.onnx").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for out, message in ((tmp_path / "a_dir.onnx", "is a directory"), (tmp_path / "a_file" / "p.onnx", "which is a file"),
+                         (Path("/proc/uld-policy.onnx"), "cannot be written")):
+        assert main(["export", str(runs["vector"]), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the export extra were not installed
     assert main(["export", str(runs["vector"]), "--out", str(tmp_path / "policy.onnx")]) == 2
     assert capsys.readouterr().err.strip() == \

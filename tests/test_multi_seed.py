@@ -38,7 +38,7 @@ def test_parse_seeds():
     assert parse_seeds("0,3,5") == [0, 3, 5]
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     assert parse_seeds("3") == [3]
-    for bad in ("", "a", "3-1", "1,1", "0-2,2"):
+    for bad in ("", "a", "3-1", "1,1", "0-2,2", "0-4294967296", "0-100000"):
         with pytest.raises(UldError):
             parse_seeds(bad)
 
@@ -113,6 +113,11 @@ def _tensors(tree) -> list[torch.Tensor]:
 
 
 def test_options_of_single_seed_runs_only_are_refused(tmp_path):
+    with pytest.raises(UldError, match="--wandb logs one run"):
+        train(_config(tmp_path / "wandb", 10, wandb=True))
+    with pytest.raises(UldError, match="--seed and --seeds both name seeds"):
+        train(_config(tmp_path / "both", 10, seed=5))
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "both").exists()
     with pytest.raises(UldError, match="fp32 without --compile"):
         train(_config(tmp_path / "bf16", 10, precision="bf16"))
     with pytest.raises(UldError, match="run the same uld train --seeds command again"):

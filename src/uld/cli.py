@@ -119,13 +119,15 @@ class ExportConfig:
     """The run directory written by uld train (its newest checkpoint is exported)."""
     out: str = "policy.onnx"
     """The model file: .onnx or .pt."""
+    overwrite: bool = False
+    """Replace --out when it exists (a run directory's files are never replaced)."""
 
 
 def _export(argv: list[str]) -> int:
     from uld.train.export import export_policy
 
     config = tyro.cli(ExportConfig, args=argv, prog="uld export", description=ExportConfig.__doc__)
-    print(f"policy: {export_policy(config.run_dir, config.out)}")
+    print(f"policy: {export_policy(config.run_dir, config.out, config.overwrite)}")
     return 0
 
 
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("uld: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (uld train --help | head)
+        sys.stdout = None  # type: ignore[assignment]  # nothing more can be written; exit quietly
+        return 0
 
 
 if __name__ == "__main__":

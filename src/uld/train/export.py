@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,25 +101,58 @@ def describe(config, spec, step: int) -> dict:
     }
 
 
-def export_policy(run_dir: str | Path, out: str | Path) -> Path:
+def check_export_path(out: Path, overwrite: bool) -> None:
+    """Raise UldError for an --out that would replace something it should not or cannot be written.
+
+    A run directory's files are never replaced (its checkpoints are .pt files too), and an existing
+    model only with ``overwrite``.
+    """
+    for folder in out.absolute().parents:
+        if (folder / "config.json").is_file() and (folder / "checkpoints").exists():
+            raise UldError(f"--out {out} lies inside the run directory {folder}, whose files uld export never "
+                           "writes; pass a path outside it")
+    if out.is_dir():
+        raise UldError(f"--out {out} is a directory; pass a file name ending in .onnx or .pt")
+    if out.exists() and not overwrite:
+        raise UldError(f"--out {out} exists; pass another file name, or --overwrite to replace it")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UldError(f"--out {out} lies under {existing}, which is a file; pass a path in a directory")
+    if not os.access(existing, os.W_OK) or existing.resolve().is_relative_to("/proc"):
+        raise UldError(f"--out {out} cannot be written in {existing}; pass a path in a directory you can write to")
+
+
+def export_policy(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the deterministic policy of a run's newest checkpoint to `out` (.onnx or .pt); returns out."""
     from uld.train.playback import load
 
     out = Path(out)
     if out.suffix not in FORMATS:
         raise UldError(f"--out {out} must end in .onnx (ONNX) or .pt (TorchScript)")
+    check_export_path(out, overwrite)
     trained = load(run_dir)
     spec = trained.agent.spec
     module = policy_module(trained.agent, trained.config.agent)
     metadata = json.dumps(describe(trained.config, spec, trained.step))
     example = example_observations(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _portable_ops(), torch.no_grad():
-        if out.suffix == ".pt":
-            scripted = torch.jit.trace(module, example, check_trace=False)
-            torch.jit.save(scripted, str(out), _extra_files={METADATA_KEY: metadata})
-        else:
-            _export_onnx(module, example, out, metadata)
+    # Written beside `out` and renamed into place: an interrupted export leaves no half-written model.
+    partial = out.with_name(out.name + ".partial" + out.suffix)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _portable_ops(), torch.no_grad():
+            if out.suffix == ".pt":
+                scripted = torch.jit.trace(module, example, check_trace=False)
+                torch.jit.save(scripted, str(partial), _extra_files={METADATA_KEY: metadata})
+            else:
+                _export_onnx(module, example, partial, metadata)
+        os.replace(partial, out)
+    except OSError as error:
+        raise UldError(f"--out {out} could not be written ({error.strerror or error}); pass a path in a directory "
+                       "you can write to") from None
+    finally:
+        partial.unlink(missing_ok=True)
     return out
 
 

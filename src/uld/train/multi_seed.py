@@ -40,6 +40,9 @@ from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
+MAX_SEEDS = 256
+"""Seeds one process may train: each has two envs, a replay and a run directory of its own."""
+
 
 def parse_seeds(text: str) -> list[int]:
     """'0-9' -> [0, ..., 9]; '0,3,5' -> [0, 3, 5]; '3' -> [3]; ranges and lists mix ('0-2,7')."""
@@ -52,6 +55,9 @@ def parse_seeds(text: str) -> list[int]:
                            "0,3,5, or one seed")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
+        if last >= 2**32 or len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise UldError(f"--seeds {text!r} names more than {MAX_SEEDS} seeds or a seed of 2^32 or more; one "
+                           f"process trains at most {MAX_SEEDS} seeds (uld sweep --seeds-per-process groups more)")
         seeds.extend(range(first, last + 1))
     if len(set(seeds)) != len(seeds):
         raise UldError(f"--seeds {text!r} names a seed more than once; name each seed once")
@@ -266,6 +272,9 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     if config.precision != "fp32" or config.compile:
         raise UldError("--seeds with more than one seed runs in fp32 without --compile; drop --precision bf16 "
                        "and --compile, or train one seed at a time with --seed")
+    if config.wandb:
+        raise UldError("--wandb logs one run; with several --seeds it is not supported yet: drop --wandb (each "
+                       "seed's TensorBoard files are written as usual), or train one seed at a time with --seed")
     if config.restart or config.trust_checkpoint:
         raise UldError("--restart and --trust-checkpoint act on one run directory; use them with --seed K on "
                        "the seed that needs them, then run the --seeds command again")
@@ -286,9 +295,10 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
                 raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
                                "use another --out, or the run's own options to resume it")
     step = _common_step(checkpointers)
-    if step is None and any(c.load_latest() is not None for c in checkpointers):
-        raise UldError("the seeds' run directories hold checkpoints of different steps; continue them in "
-                       "the groups they were trained in, or one seed at a time with --seed")
+    if step is None and any(c.verified_step() for c in checkpointers):
+        steps = ", ".join(f"seed {seed}: {c.verified_step() or 'none'}" for seed, c in zip(seeds, checkpointers))
+        raise UldError(f"the seeds have no verifying checkpoint at one common step ({steps}), so they cannot "
+                       "continue together; finish each seed on its own with --seed K (and --out its directory)")
     if step is None:
         for checkpointer in checkpointers:
             if checkpointer.holds_files():

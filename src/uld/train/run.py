@@ -111,6 +111,8 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
             settings (torch's thread count, the allocator) are left to the caller; `uld train` tunes
             glibc's malloc here (train/allocator.py).
     """
+    if config.seeds is not None and config.seed != 0:
+        raise UldError("--seed and --seeds both name seeds; pass one of them")
     if config.seeds is not None:  # several seeds train in one process (train/multi_seed.py)
         from uld.train.multi_seed import parse_seeds, train_seeds
 
