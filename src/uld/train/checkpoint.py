@@ -115,13 +115,15 @@ class Checkpointer:
         return self.directory.is_dir() and any(_NAME.match(p.name) or (p.name.startswith("step-") and p.suffix == ".sha256")
                                                for p in self.directory.iterdir())
 
+    def verifies(self, step: int) -> bool:
+        """Whether the checkpoint of `step` and its checksum file exist and agree (the file is not loaded)."""
+        path = self.path(step)
+        checksum = path.with_suffix(".sha256")
+        return path.is_file() and checksum.is_file() and checksum.read_text().strip() == _sha256(path)
+
     def verified_step(self) -> int:
         """The step of the newest checkpoint whose checksum verifies, without loading it (0 when none)."""
-        for step in self.complete_steps():
-            path = self.path(step)
-            if path.with_suffix(".sha256").read_text().strip() == _sha256(path):
-                return step
-        return 0
+        return next((step for step in self.complete_steps() if self.verifies(step)), 0)
 
     def newest_step(self) -> int:
         """The step of the newest .pt file, else of the newest .sha256 file (for messages)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -240,6 +241,32 @@ def _differences(stored: dict, current: dict, defaults: dict, *, prefix: str) ->
         elif a != b:
             differences.append(f"{prefix}{key} (run: {a!r}, this command: {b!r})")
     return differences
+
+
+def parse_seed_list(text: str, *, max_count: int | None = None, repeats: bool = True) -> list[int]:
+    """Seeds written as ranges and lists ("0-2,7" -> [0, 1, 2, 7]), for --seeds of uld train and uld sweep.
+
+    With ``repeats`` a seed named twice counts once; without, it is refused. ``max_count`` is checked
+    before a range is expanded. Raises UldError naming what is wrong.
+    """
+    seeds: dict[int, None] = {}
+    for part in text.replace(" ", "").split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            raise UldError(f"--seeds {text!r} is not a list of seeds; write a range like 0-9, a list like "
+                           "0,3,5, or one seed")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last >= 2**32:
+            raise UldError(f"--seeds {text!r} names a seed of 2^32 or more; seeds are below 2^32")
+        if max_count is not None and len(seeds) + last - first + 1 > max_count:
+            raise UldError(f"--seeds {text!r} names more than {max_count} seeds; one process trains at most "
+                           f"{max_count} (uld sweep --seeds-per-process groups more)")
+        for seed in range(first, last + 1):
+            if seed in seeds and not repeats:
+                raise UldError(f"--seeds {text!r} names a seed more than once; name each seed once")
+            seeds[seed] = None
+    return list(seeds)
 
 
 def parse_train_args(argv: list[str]) -> TrainConfig:

@@ -16,10 +16,8 @@ complete, so interruption and resume are exact, as for a single run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import re
 import signal
 import sys
 import time
@@ -34,34 +32,25 @@ from uld.agents.stacked import StackedULD, make_buffers
 from uld.envs import make_env
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
-from uld.train.config import TrainConfig, check_positive, config_differences, config_to_dict, read_run_config
+from uld.train.config import (
+    TrainConfig,
+    check_positive,
+    config_differences,
+    config_to_dict,
+    parse_seed_list,
+    read_run_config,
+)
 from uld.train.logger import Logger
 from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed
-
-_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 MAX_SEEDS = 256
 """Seeds one process may train: each has two envs, a replay and a run directory of its own."""
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-9' -> [0, ..., 9]; '0,3,5' -> [0, 3, 5]; '3' -> [3]; ranges and lists mix ('0-2,7')."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
-            raise UldError(f"--seeds {text!r} is not a list of seeds; write a range like 0-9, a list like "
-                           "0,3,5, or one seed")
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) is not None else first
-        if last >= 2**32 or len(seeds) + last - first + 1 > MAX_SEEDS:
-            raise UldError(f"--seeds {text!r} names more than {MAX_SEEDS} seeds or a seed of 2^32 or more; one "
-                           f"process trains at most {MAX_SEEDS} seeds (uld sweep --seeds-per-process groups more)")
-        seeds.extend(range(first, last + 1))
-    if len(set(seeds)) != len(seeds):
-        raise UldError(f"--seeds {text!r} names a seed more than once; name each seed once")
-    return seeds
+    """'0-9' -> [0, ..., 9]; '0,3,5' -> [0, 3, 5]; '3' -> [3]; ranges and lists mix ('0-2,7'). Each seed
+    once, at most MAX_SEEDS of them."""
+    return parse_seed_list(text, max_count=MAX_SEEDS, repeats=False)
 
 
 def seed_configs(config: TrainConfig, seeds: list[int]) -> list[TrainConfig]:
@@ -92,30 +81,10 @@ class _SeedView:
         self.loaded = state
 
 
-def _verified(checkpointer: Checkpointer, step: int) -> bool:
-    path = checkpointer.path(step)
-    checksum = path.with_suffix(".sha256")
-    if not (path.exists() and checksum.exists()):
-        return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return checksum.read_text().strip() == digest.hexdigest()
-
-
 def _common_step(checkpointers: list[Checkpointer]) -> int | None:
     """The newest step for which every seed has a complete checkpoint (None: there is none)."""
-    common = None
-    for checkpointer in checkpointers:
-        steps = set()
-        if checkpointer.directory.exists():
-            steps = {int(m.group(1)) for p in checkpointer.directory.iterdir() if (m := _STEP_FILE.match(p.name))}
-        common = steps if common is None else common & steps
-    for step in sorted(common or (), reverse=True):
-        if all(_verified(c, step) for c in checkpointers):
-            return step
-    return None
+    common = set.intersection(*(set(checkpointer.complete_steps()) for checkpointer in checkpointers))
+    return next((step for step in sorted(common, reverse=True) if all(c.verifies(step) for c in checkpointers)), None)
 
 
 def evaluate_seeds(agent: StackedULD, envs: list, episodes: int) -> list[list[float]]:
@@ -260,7 +229,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     whose checkpoints do not verify is refused; one interrupted before its first checkpoint has its
     files moved aside).
     """
-    from uld.train.run import move_aside, resolve_device, seed_everything
+    from uld.train.run import _install_signal_handlers, move_aside, resolve_device, seed_everything
     from uld.train.validation import check_buffer_memory, check_config, check_out
 
     if config.agent != "uld":
@@ -349,10 +318,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     if on_allocated is not None:
         on_allocated()
 
-    def request_stop(signum, frame):  # noqa: ARG001
-        trainer.stop_signal = signum
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = _install_signal_handlers(trainer)
     try:
         trainer.train(cfg.steps)
     finally:

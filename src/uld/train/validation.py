@@ -139,23 +139,14 @@ def check_out(out: str | Path) -> None:
                        "directory you can write to") from None
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_buffer_memory(config: Any, spec: Any) -> None:
     """Raise UldError when a state replay of the configured capacity cannot fit in the memory available.
 
     Pixel replays check themselves, frame by frame (uld.replay.frames). A state replay holds one
     float32 observation and action per slot, and 40 bytes of reward, flags, priority and sum tree.
     """
+    from uld.replay.frames import MEMORY_RESERVE, available_memory
+
     if spec.pixels:
         return
     agent = config.agent_config
@@ -166,7 +157,7 @@ def check_buffer_memory(config: Any, spec: Any) -> None:
     if capacity is None:
         return
     per_slot = 4 * (math.prod(spec.obs_shape) + spec.action_dim) + 40
-    needed, available, reserve = capacity * per_slot, _available_memory(), 1 << 30
+    needed, available, reserve = capacity * per_slot, available_memory(), MEMORY_RESERVE
     if available is not None and needed + reserve > available:
         fits = max(0, (available - reserve) // per_slot)
         raise UldError(f"the replay needs {needed / 1e9:.1f} GB for {capacity:,} slots but {available / 1e9:.1f} GB of "

@@ -7,7 +7,6 @@ import dataclasses
 import difflib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +98,10 @@ class Run:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0-2,7" -> [0, 1, 2, 7]."""
-    seeds: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
-            raise UldError(f"--seeds {text!r} is not a list of seeds; write e.g. 0-9, 0,3,7 or 0-4,9")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        seeds += [seed for seed in range(first, last + 1) if seed not in seeds]
-    return seeds
+    """"0-2,7" -> [0, 1, 2, 7]; a seed named twice is one run."""
+    from uld.train.config import parse_seed_list
+
+    return parse_seed_list(text)
 
 
 def sweep_envs(config: SweepConfig) -> list[str]:
