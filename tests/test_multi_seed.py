@@ -82,13 +82,20 @@ def test_one_seed_is_a_single_seed_run(tmp_path):
     assert _returns(single) == _returns(one)
 
 
-def test_interrupted_mid_episode_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("env", ["gym:Pendulum-v1", "gym:CartPole-v1"], ids=["continuous", "discrete"])
+def test_interrupted_mid_episode_resumes_exactly(tmp_path, env):
     """300 steps straight == 150 steps (mid-episode: Pendulum's are 200), then the same command for 300:
-    the same evaluations and bitwise the same parameters, replay and priorities for every seed."""
-    straight = train(_config(tmp_path / "straight", 300, eval_every=150))
-    split = train(_config(tmp_path / "split", 150, eval_every=150))
+    the same evaluations and bitwise the same parameters, replay and priorities for every seed.
+    Discrete actions (CartPole) train in one process too, and resume as exactly."""
+    straight = train(_config(tmp_path / "straight", 300, eval_every=150, env=env))
+    split = train(_config(tmp_path / "split", 150, eval_every=150, env=env))
     assert [Checkpointer(d / "checkpoints").load_latest()[1] for d in split] == [150, 150]
-    split = train(_config(tmp_path / "split", 300, eval_every=150))
+    if env == "gym:CartPole-v1":  # a seed's episode in progress is replayed from integer actions
+        states = [Checkpointer(d / "checkpoints").load_latest()[0] for d in split]
+        assert any(state["env"]["actions"] for state in states)
+        assert all(not torch.as_tensor(a).is_floating_point() for state in states for a in state["env"]["actions"])
+        assert all(state["agent"]["policy"]["mlp.l3.weight"].shape[0] == 2 for state in states)
+    split = train(_config(tmp_path / "split", 300, eval_every=150, env=env))
     for a_dir, b_dir in zip(straight, split):
         assert _returns(a_dir) == _returns(b_dir)
         (a, step_a), (b, step_b) = (Checkpointer(d / "checkpoints").load_latest() for d in (a_dir, b_dir))

@@ -11,10 +11,11 @@ from uld.agents.stacked import StackedULD, make_buffers
 from uld.agents.uld.agent import ULDAgent
 from uld.agents.uld.config import reduced_config
 from uld.envs.base import EnvSpec
-from uld.errors import UldError
 
 VECTOR = EnvSpec("test:vector", (5,), 2, discrete=False, max_episode_steps=100)
 PIXELS = EnvSpec("test:pixels", (3, 36, 36), 2, discrete=False, max_episode_steps=100, pixels=True)
+DISCRETE = EnvSpec("test:discrete", (5,), 4, discrete=True, max_episode_steps=100)
+ATARI_LIKE = EnvSpec("test:discrete-pixels", (3, 36, 36), 3, discrete=True, max_episode_steps=100, pixels=True)
 SEEDS = [3, 5, 7]
 # A clip norm far below the value gradients' norms: the per-seed clip changes every value gradient.
 CONFIG = reduced_config(batch_size=8, hidden_dim=64, zs_dim=64, zsa_dim=64, za_dim=16, num_bins=17,
@@ -38,8 +39,11 @@ def _fill(buffers, spec: EnvSpec, steps: int = 60, seed_offset: int = 0) -> None
         for t in range(steps):
             next_obs = observation()
             terminated = t % 23 == 22
-            buffer.add(obs, rng.uniform(-1, 1, spec.action_dim).astype(np.float32), float(rng.normal()),
-                       next_obs, terminated, False)
+            if spec.discrete:  # stored one-hot, as the trainer stores an index
+                action = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(spec.action_dim)]
+            else:
+                action = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
+            buffer.add(obs, action, float(rng.normal()), next_obs, terminated, False)
             obs = observation() if terminated else next_obs
 
 
@@ -60,7 +64,8 @@ def _grads(module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("spec", [VECTOR, PIXELS], ids=["vector", "pixels"])
+@pytest.mark.parametrize("spec", [VECTOR, PIXELS, DISCRETE, ATARI_LIKE],
+                         ids=["vector", "pixels", "discrete", "discrete-pixels"])
 def test_seed_k_update_equals_single_seed_update(spec):
     stacked = StackedULD(spec, CONFIG, SEEDS)
     buffers = make_buffers(spec, CONFIG, SEEDS, "cpu")
@@ -86,8 +91,9 @@ def test_seed_k_update_equals_single_seed_update(spec):
 
     # The value + policy step with the clip biting, then the priorities it writes.
     noise_states = [g.get_state() for g in stacked.generators]
-    batch, obs, noise = stacked.value_policy_inputs(buffers)
-    vp_metrics = stacked.update_value_and_policy(buffers, batch, obs, noise)
+    batch, obs, noise, gumbels = stacked.value_policy_inputs(buffers)
+    assert len(gumbels) == (2 if spec.discrete else 0)
+    vp_metrics = stacked.update_value_and_policy(buffers, batch, obs, noise, gumbels)
     for k, (agent, buffer) in enumerate(zip(singles, single_buffers)):
         torch.set_rng_state(noise_states[k])
         metrics = agent._update_value_and_policy(buffer)
@@ -155,6 +161,16 @@ def test_seeds_are_independent():
     assert any(not torch.equal(a[key][1], b[key][1]) for key in a)
 
 
-def test_discrete_actions_are_refused_in_one_sentence():
-    with pytest.raises(UldError, match="continuous actions only"):
-        StackedULD(EnvSpec("test:discrete", (5,), 4, discrete=True, max_episode_steps=10), CONFIG, SEEDS)
+def test_discrete_acting_equals_single_seed_acting():
+    """Discrete actions: seed k's greedy action is the single agent's argmax, and its exploring action the
+    argmax of the same noisy policy output, drawn from seed k's generator."""
+    stacked = StackedULD(DISCRETE, CONFIG, SEEDS)
+    obs = np.random.default_rng(0).normal(size=(len(SEEDS), 5)).astype(np.float32)
+    states = [g.get_state() for g in stacked.generators]
+    greedy, exploring = stacked.act(obs, explore=False), stacked.act(obs, explore=True)
+    assert greedy.shape == exploring.shape == (len(SEEDS),) and greedy.dtype == torch.int64
+    for k in range(len(SEEDS)):
+        single = _single(stacked, DISCRETE, k)
+        assert single.act(obs[k], explore=False) == int(greedy[k])
+        torch.set_rng_state(states[k])
+        assert single.act(obs[k], explore=True) == int(exploring[k])

@@ -123,6 +123,33 @@ def test_encoder_and_value_policy_updates_read_nothing_back_to_the_host(monkeypa
     assert (np.asarray(buffer.priority) != priority).sum() > 0  # the value updates wrote their priorities
 
 
+@pytest.mark.parametrize("spec", [VECTOR, PIXELS], ids=["vector", "pixels-discrete"])
+def test_many_seed_updates_read_nothing_back_to_the_host(monkeypatch, spec) -> None:
+    """The mapped updates of StackedULD (several seeds, one replay each) are sync-free too, so that the same
+    CUDA graphs replay them."""
+    from uld.agents.stacked import StackedULD
+
+    config = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16, target_update_period=2,
+                       buffer_capacity=200, random_steps=0)
+    agent = StackedULD(spec, config, [0, 1])
+    buffers = [_filled_buffer(spec, config), _filled_buffer(spec, config)]
+    calls = {"_update_encoder": 0, "_update_value_and_policy": 0}
+    for name in calls:
+        update = getattr(agent, name)
+
+        def guarded(buffers, update=update, name=name):
+            calls[name] += 1
+            with host_reads_refused():
+                return update(buffers)
+
+        monkeypatch.setattr(agent, name, guarded)
+
+    for _ in range(3):
+        metrics = agent.update(buffers)
+    assert calls == {"_update_encoder": 4, "_update_value_and_policy": 3}
+    assert all(value.shape == (2,) and torch.isfinite(value).all() for value in metrics.values())
+
+
 def test_target_copies_are_in_place_and_not_state_dict_loads(monkeypatch) -> None:
     torch.manual_seed(0)
     config = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16, target_update_period=2,

@@ -1,9 +1,10 @@
 """Many seeds of ULD in one process: one network definition mapped over a leading seed axis.
 
 The S seeds' parameters are stacked, (S, *shape) per tensor (``torch.func.stack_module_state``), and
-every forward and backward pass is the single-seed one (uld/agents/uld/networks.py, losses.py) under
-``torch.func.vmap``: a Linear becomes a batched matmul over seeds, a convolution a grouped one. Nothing
-of the algorithm is restated here; this module only decides what is per seed and calls the losses.
+every forward and backward pass is the single-seed one (uld/agents/uld/update.py, with networks.py and
+losses.py) under ``torch.func.vmap``: a Linear becomes a batched matmul over seeds, a convolution a
+grouped one. Nothing of the algorithm is restated here, schedule included (update.UpdateSchedule); this
+module only decides what is per seed and how gradients reach the stacked tensors.
 
 Per seed, nothing is shared: weights and targets (stacked tensors), optimizer state (AdamW is
 elementwise, so one optimizer over the stacked tensors is S optimizers; the gradient-norm clip of the
@@ -26,8 +27,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from uld.agents.uld import losses
-from uld.agents.uld.agent import ULDAgent, make_buffer, shift_augment
+from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.graphs import UpdateGraphs
+from uld.agents.uld.networks import gumbel_noise
+from uld.agents.uld.update import UpdateSchedule, encoder_step_loss, policy_step_loss, prepare_obs, value_step_loss
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
 from uld.replay.buffer import Batch, ReplayBuffer
@@ -64,22 +68,22 @@ def _per_seed_clip_(grads: list[Tensor], max_norm: float) -> Tensor:
     return norm
 
 
-class StackedULD:
+class StackedULD(UpdateSchedule):
     """S ULD agents trained in lock-step with stacked parameters (S = len(seeds); S = 1 is allowed).
 
-    act(obs (S, *obs_shape), explore) -> actions (S, action_dim); update(buffers) takes one replay per
-    seed and returns metrics as (S,) tensors. Continuous actions, the default representation learning
-    and fp32 arithmetic only (others raise UldError).
+    act(obs (S, *obs_shape), explore) -> actions (S, action_dim), or (S,) indices for discrete actions;
+    update(buffers) takes one replay per seed and returns metrics as (S,) tensors. The update is
+    uld/agents/uld/update.py's, mapped over the seeds. The default representation learning and fp32
+    arithmetic only (others raise UldError).
     """
 
-    def __init__(self, spec: EnvSpec, config: ULDConfig, seeds: list[int], device: str | torch.device = "cpu"):
-        if spec.discrete:
-            raise UldError("training several seeds in one process supports continuous actions only; "
-                           "train discrete-action envs one seed at a time (--seed)")
+    def __init__(self, spec: EnvSpec, config: ULDConfig, seeds: list[int], device: str | torch.device = "cpu",
+                 cuda_graphs: bool = True):
         if not config.model_based_representation:
             raise UldError("training several seeds in one process needs --uld.model-based-representation "
                            "(the default); train that design-study variant one seed at a time (--seed)")
-        self.spec, self.config, self.seeds = spec, config, list(seeds)
+        self.spec, self.seeds = spec, list(seeds)
+        self.config = config.for_discrete() if spec.discrete else config
         self.device = torch.device(device)
         agents = []
         for seed in self.seeds:  # each seed's initial weights are those of a single-seed agent with that seed
@@ -93,6 +97,8 @@ class StackedULD:
                                 for key, value in stacked.items()})
         del agents
         cfg = self.config
+        # CUDA graphs replay the mapped updates on a GPU, as for one seed (uld/agents/uld/graphs.py).
+        self.graphs = UpdateGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
         self.encoder_optimizer = self._adamw("encoder", cfg.encoder_lr)
         self.value_optimizer = self._adamw("value", cfg.value_lr)
         self.policy_optimizer = self._adamw("policy", cfg.policy_lr)
@@ -110,7 +116,7 @@ class StackedULD:
 
     def _adamw(self, network: str, lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(self._group(network), lr=lr, weight_decay=self.config.weight_decay,
-                                 betas=(0.9, 0.999), eps=1e-8, fused=True)
+                                 betas=(0.9, 0.999), eps=1e-8, fused=True, capturable=self.graphs is not None)
 
     def _group(self, network: str) -> list[Tensor]:
         """The stacked tensors of one network, in the order of its module's parameters()."""
@@ -123,6 +129,13 @@ class StackedULD:
         """Networks a loss reads but does not train: detached, so that no gradient reaches them."""
         return {key: value.detach() for key, value in self._subset(*networks).items()}
 
+    def _mapped(self, fn, trained: dict[str, Tensor], fixed: dict[str, Tensor], *inputs):
+        """fn(networks, *inputs) of every seed at once: seed k's tensors swapped into the template networks,
+        mapped over the leading seed axis of the tensors and of the inputs."""
+        def seed_fn(trained, fixed, *inputs):
+            return functional_call(self.networks, {**trained, **fixed}, (fn, *inputs))
+        return vmap(seed_fn)(trained, fixed, *inputs)
+
     @property
     def num_seeds(self) -> int:
         return len(self.seeds)
@@ -131,132 +144,118 @@ class StackedULD:
 
     @torch.no_grad()
     def act(self, obs, explore: bool) -> Tensor:
-        """Actions in [-1, 1] for one observation per seed, (S, *obs_shape) -> (S, action_dim) on the CPU."""
+        """One action per seed for one observation per seed, (S, *obs_shape) -> on the CPU (S, action_dim)
+        in [-1, 1], or (S,) indices for discrete actions (as ULDAgent.act, seed by seed)."""
         obs_t = torch.as_tensor(obs, device=self.device)
         if not self.spec.pixels:
             obs_t = obs_t.float()
 
-        def policy(nets, o):
-            return nets.policy(nets.encoder.f(o.unsqueeze(0)))[0][0]
+        def policy(nets, o, gumbel):
+            action, pre = nets.policy(nets.encoder.f(o.unsqueeze(0)), gumbel.unsqueeze(0))
+            return action[0], pre[0]
 
-        params = self._subset("encoder", "policy")
-        action = vmap(lambda p, o: functional_call(self.networks, p, (policy, o)))(params, obs_t)
+        # Per seed, in the order of ULDAgent.act: the policy's Gumbel draws (discrete), then the exploration noise.
+        shape = (1, self.spec.action_dim)
+        gumbel = torch.zeros(self.num_seeds, self.spec.action_dim, device=self.device)  # unused unless drawn
+        noise = torch.zeros_like(gumbel)
+        for k, g in enumerate(self.generators):
+            if explore and self.spec.discrete:
+                gumbel[k] = gumbel_noise(shape, self.device, g)[0]
+            if explore:
+                noise[k] = torch.randn(shape, device=self.device, generator=g)[0]
+        action, pre = self._mapped(policy, self._subset("encoder", "policy"), {}, obs_t, gumbel)
+        if self.spec.discrete:  # greedy evaluation on the pre-activations (docs/algorithm.md, difference 5)
+            return (action + self.config.exploration_noise * noise if explore else pre).argmax(-1).cpu()
         if explore:
-            noise = torch.stack([torch.randn(1, self.spec.action_dim, device=self.device, generator=g)[0]
-                                 for g in self.generators])
             action = (action + self.config.exploration_noise * noise).clamp(-1, 1)
         return action.cpu()
 
     # ---- learning -----------------------------------------------------------------------------
 
     def update(self, buffers: list[ReplayBuffer]) -> dict[str, Tensor]:
-        """One training iteration for every seed, on the schedule of ULDAgent.update; metrics (S,)."""
-        cfg = self.config
-        self.training_step += 1
-        for buffer in buffers:
-            buffer.refresh()
-        metrics: dict[str, Tensor] = {}
-        if (self.training_step - 1) % cfg.target_update_period == 0:
-            for target, online in zip(TARGETS, ONLINE):
-                torch._foreach_copy_(self._group(target), self._group(online))
-            self.target_reward_scale.copy_(self.reward_scale)
-            if cfg.reward_scaling:
-                self.reward_scale.copy_(torch.stack([buffer.reward_scale() for buffer in buffers]))
-            for _ in range(cfg.target_update_period):
-                metrics.update(self.update_encoder(*self.encoder_inputs(buffers)))
-        metrics.update(self.update_value_and_policy(buffers, *self.value_policy_inputs(buffers)))
-        return metrics
+        """One training iteration for every seed (UpdateSchedule.iteration), one replay per seed; metrics (S,)."""
+        return self.iteration(buffers)
 
-    def _prepare_obs(self, obs: Tensor, generator: torch.Generator) -> Tensor:
-        """ULDAgent._prepare_obs for one seed, with that seed's generator."""
-        obs = obs.transpose(0, 1)
-        if self.spec.pixels:
-            return shift_augment(obs, generator=generator) if self.config.pixel_augmentation else obs
-        return obs.float()
+    def buffers(self, source: list[ReplayBuffer]) -> list[ReplayBuffer]:
+        return source
+
+    def trained_parameters(self) -> list[Tensor]:
+        return [value for key, value in self.params.items() if key.split(".", 1)[0] in ONLINE]
+
+    def own_generators(self) -> list[torch.Generator]:
+        return self.generators
+
+    def _copy_targets(self) -> None:
+        for target, online in zip(TARGETS, ONLINE):
+            torch._foreach_copy_(self._group(target), self._group(online))
+
+    def _update_encoder(self, buffers: list[ReplayBuffer]) -> dict[str, Tensor]:
+        return self.update_encoder(*self.encoder_inputs(buffers))
+
+    def _update_value_and_policy(self, buffers: list[ReplayBuffer]) -> dict[str, Tensor]:
+        return self.update_value_and_policy(buffers, *self.value_policy_inputs(buffers))
 
     def encoder_inputs(self, buffers: list[ReplayBuffer]) -> tuple[Batch, Tensor, Tensor]:
         """What an encoder update draws: each seed's batch, its prepared observations (S, H + 1, B, ...)
         and its done gate (S,)."""
         cfg = self.config
         batches = [buffer.sample(cfg.batch_size, cfg.encoder_window) for buffer in buffers]
-        obs = torch.stack([self._prepare_obs(b.obs[:, : cfg.enc_horizon + 1], g)
+        obs = torch.stack([prepare_obs(b.obs[:, : cfg.enc_horizon + 1], cfg, self.spec.pixels, g)
                            for b, g in zip(batches, self.generators)])
         use_done = torch.stack([buffer.ever_terminated for buffer in buffers])
         return _stack_batches(batches), obs, use_done
 
-    def value_policy_inputs(self, buffers: list[ReplayBuffer]) -> tuple[Batch, Tensor, Tensor]:
-        """What a value + policy update draws: batches, prepared observations (S, 2, B, ...), target noise (S, B, A)."""
+    def value_policy_inputs(self, buffers: list[ReplayBuffer]) -> tuple[Batch, Tensor, Tensor, tuple[Tensor, ...]]:
+        """What a value + policy update draws, in the order a ULDAgent draws it: batches, prepared observations
+        (S, 2, B, ...), target smoothing noise (S, B, A), and for discrete actions the Gumbel draws of the target
+        policy and of the policy, (S, B, A) each (an empty tuple for continuous actions)."""
         cfg = self.config
-        batches, obs, noise = [], [], []
+        shape = (cfg.batch_size, self.spec.action_dim)
+        batches, obs, noise, gumbels = [], [], [], []
         for buffer, generator in zip(buffers, self.generators):
             batch = buffer.sample(cfg.batch_size, cfg.q_horizon)
             batches.append(batch)
-            obs.append(self._prepare_obs(batch.obs[:, :: cfg.q_horizon], generator))
-            noise.append(torch.randn(cfg.batch_size, self.spec.action_dim, device=self.device, generator=generator))
-        return _stack_batches(batches), torch.stack(obs), torch.stack(noise)
+            obs.append(prepare_obs(batch.obs[:, :: cfg.q_horizon], cfg, self.spec.pixels, generator))
+            target_gumbel = gumbel_noise(shape, self.device, generator) if self.spec.discrete else None
+            noise.append(torch.randn(shape, device=self.device, generator=generator))
+            if target_gumbel is not None:
+                gumbels.append((target_gumbel, gumbel_noise(shape, self.device, generator)))
+        stacked_gumbels = tuple(torch.stack(draws) for draws in zip(*gumbels))
+        return _stack_batches(batches), torch.stack(obs), torch.stack(noise), stacked_gumbels
 
     def update_encoder(self, batch: Batch, obs: Tensor, use_done: Tensor) -> dict[str, Tensor]:
-        """One encoder step of every seed on the given inputs (ULDAgent._update_encoder)."""
-        cfg, H = self.config, self.config.enc_horizon
-        zsa_target = cfg.dynamics_target == "zsa"
+        """One encoder step of every seed on the given inputs (update.encoder_step_loss, mapped)."""
+        def loss(nets, *inputs):
+            return encoder_step_loss(nets, self.config, self.bins, *inputs)
 
-        def encoder_loss(networks, obs, action, reward, terminated, use_done):
-            next_action = None
-            with torch.no_grad():
-                target_encoder = networks.encoder_target if cfg.target_encoder else networks.encoder
-                target = target_encoder.f(obs[1:].flatten(0, 1)).unflatten(0, (H, obs.shape[1])).transpose(0, 1)
-                if zsa_target:
-                    next_action = action[:, 1 : H + 1]
-                    target = target_encoder.g(target, next_action)
-            return losses.encoder_loss(networks.encoder, obs[0], action[:, :H], reward[:, :H], terminated[:, :H],
-                                       target, bins=self.bins, dynamics_weight=cfg.dynamics_weight,
-                                       reward_weight=cfg.reward_weight, done_weight=cfg.done_weight,
-                                       use_done=use_done, next_action=next_action)
-
-        def seed_loss(trained, fixed, *inputs):
-            return functional_call(self.networks, {**trained, **fixed}, (encoder_loss, *inputs))
-
-        loss, metrics = vmap(seed_loss)(self._subset("encoder"), self._fixed("encoder_target"), obs, batch.action,
-                                        batch.reward, batch.terminated, use_done)
-        self._step(self.encoder_optimizer, "encoder", loss)
+        value, metrics = self._mapped(loss, self._subset("encoder"), self._fixed("encoder_target"), obs,
+                                      batch.action, batch.reward, batch.terminated, use_done)
+        self._step(self.encoder_optimizer, "encoder", value)
         return metrics
 
-    def update_value_and_policy(self, buffers: list[ReplayBuffer], batch: Batch, obs: Tensor,
-                                noise: Tensor) -> dict[str, Tensor]:
-        """One value step (clipped per seed), one policy step and the priority update of every seed."""
+    def update_value_and_policy(self, buffers: list[ReplayBuffer], batch: Batch, obs: Tensor, noise: Tensor,
+                                gumbels: tuple[Tensor, ...] = ()) -> dict[str, Tensor]:
+        """One value step (clipped per seed), one policy step and the priority update of every seed
+        (update.value_step_loss and policy_step_loss, mapped); gumbels: (target policy's, policy's) draws
+        for discrete actions."""
         cfg = self.config
+        target_gumbel, actor_gumbel = gumbels if gumbels else ((), ())
 
-        def value_loss(networks, obs, action, reward, terminated, noise, reward_scale, target_reward_scale):
-            with torch.no_grad():
-                R, ND = losses.n_step_return(reward, terminated, cfg.discount)
-                target_encoder = networks.encoder_target if cfg.target_encoder else networks.encoder
-                zs_next = target_encoder.f(obs[1])
-                next_action, _ = networks.policy_target(zs_next)
-                noise = (cfg.target_policy_noise * noise).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
-                next_action = (next_action + noise).clamp(-1, 1)
-                next_q = networks.value_target(target_encoder.g(zs_next, next_action))
-                y = losses.critic_target(R, ND, next_q, discount=cfg.discount, horizon=cfg.q_horizon,
-                                         reward_scale=reward_scale, target_reward_scale=target_reward_scale,
-                                         clipped_double_q=cfg.clipped_double_q)
-                zs = networks.encoder.f(obs[0])
-                zsa = networks.encoder.g(zs, action[:, 0])
-            loss, td_error, metrics = losses.critic_loss(networks.value, zsa, y, loss_type=cfg.critic_loss)
-            return loss, (td_error, zs, metrics)
+        def value_loss(nets, obs, action, reward, terminated, noise, reward_scale, target_reward_scale, *gumbel):
+            return value_step_loss(nets, cfg, obs, action, reward, terminated, noise, reward_scale, target_reward_scale,
+                                   discrete=self.spec.discrete, target_gumbel=gumbel[0] if gumbel else None)
 
-        def actor_loss(networks, zs):
-            return losses.actor_loss(networks.encoder, networks.value, networks.policy, zs,
-                                     pre_activation_weight=cfg.pre_activation_weight)
-
-        def seed_loss(fn):
-            return lambda trained, fixed, *inputs: functional_call(self.networks, {**trained, **fixed}, (fn, *inputs))
+        def policy_loss(nets, zs, *gumbel):
+            return policy_step_loss(nets, cfg, zs, gumbel[0] if gumbel else None)
 
         fixed = self._fixed("encoder", "encoder_target", "policy_target", "value_target")
-        loss, (td_error, zs, metrics) = vmap(seed_loss(value_loss))(
-            self._subset("value"), fixed, obs, batch.action, batch.reward, batch.terminated, noise,
-            self.reward_scale, self.target_reward_scale)
+        loss, (td_error, zs, metrics) = self._mapped(
+            value_loss, self._subset("value"), fixed, obs, batch.action, batch.reward, batch.terminated, noise,
+            self.reward_scale, self.target_reward_scale, *([target_gumbel] if gumbels else []))
         self._step(self.value_optimizer, "value", loss, clip=cfg.value_grad_clip)
 
-        loss, actor_metrics = vmap(seed_loss(actor_loss))(self._subset("policy"), self._fixed("encoder", "value"), zs)
+        loss, actor_metrics = self._mapped(policy_loss, self._subset("policy"), self._fixed("encoder", "value"), zs,
+                                           *([actor_gumbel] if gumbels else []))
         self._step(self.policy_optimizer, "policy", loss)
 
         for k, buffer in enumerate(buffers):
@@ -322,6 +321,8 @@ class StackedULD:
         for generator, s in zip(self.generators, states):
             if "generator" in s:
                 generator.set_state(s["generator"])
+        if self.graphs is not None:
+            self.graphs.reset()  # the optimizers' state tensors were replaced: capture again
 
 
 def make_buffers(spec: EnvSpec, config: ULDConfig, seeds: list[int], device) -> list[ReplayBuffer]:

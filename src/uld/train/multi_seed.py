@@ -160,6 +160,8 @@ class MultiSeedTrainer:
                 actions = [trainer.env.sample_action() for trainer in self.seeds]
             else:
                 actions = list(self.agent.act(np.stack([t.obs for t in self.seeds]), explore=True).numpy())
+                if self.agent.spec.discrete:
+                    actions = [int(action) for action in actions]  # indices, as a single-seed run keeps them
                 for trainer, action in zip(self.seeds, actions):  # before any env sees a non-finite action
                     if not np.all(np.isfinite(action)):
                         trainer._check_finite(trainer._metrics)
@@ -239,6 +241,8 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         raise UldError("--resume takes one seed's run directory; to continue a many-seed run, run the same "
                        "uld train --seeds command again")
     if config.precision != "fp32" or config.compile:
+        # bf16 autocast does not reach inside torch.func.vmap (the mapped matmuls stay fp32), and compiling
+        # the mapped update is not supported: refused rather than silently run in another precision.
         raise UldError("--seeds with more than one seed runs in fp32 without --compile; drop --precision bf16 "
                        "and --compile, or train one seed at a time with --seed")
     if config.wandb:
@@ -289,7 +293,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     eval_envs = [make_env(c.env, seed=c.seed + 100, evaluation=True) for c in configs]
     for _ in seeds:  # each seed has a replay of its own
         check_buffer_memory(cfg, envs[0].spec)
-    agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device)
+    agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device, cuda_graphs=cfg.cuda_graphs)
     buffers = make_buffers(envs[0].spec, cfg.agent_config, seeds, device)
     start_step = step or 0
     trainers = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from uld.agents.common import autocast, check_precision, frozen, load_parts_state_dict, parts_state_dict, target_copy
@@ -12,30 +11,19 @@ from uld.agents.compile import compile_networks
 from uld.agents.uld import losses
 from uld.agents.uld.config import ULDConfig
 from uld.agents.uld.graphs import UpdateGraphs
-from uld.agents.uld.networks import Encoder, Policy, Value
+from uld.agents.uld.networks import Encoder, Policy, Value, gumbel_noise
+from uld.agents.uld.update import (
+    UpdateSchedule,
+    encoder_step_loss,
+    policy_step_loss,
+    prepare_obs,
+    target_action,
+    value_step_loss,
+)
+from uld.agents.uld.update import shift_augment as shift_augment  # re-exported: part of this module's API
 from uld.envs.base import EnvSpec
 from uld.replay.buffer import ReplayBuffer
 from uld.replay.frames import FrameStackBuffer
-
-
-def shift_augment(obs: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:
-    """DrQ augmentation: replicate-pad by `pad`, then crop back at a random integer shift per image.
-
-    obs: (..., C, H, W), any dtype and any strides on the leading dims; returns a contiguous tensor
-    of the same shape and dtype. Each image gets its own shift (dy, dx) in [0, 2 * pad] along each
-    axis, drawn in the order of the leading dims. Pad-then-crop is computed as one gather: output
-    pixel (i, j) is input pixel (clamp(i + dy - pad), clamp(j + dx - pad)), which is exactly what
-    replicate padding gives there. On uint8 frames this moves a quarter of the bytes of padding float
-    images, and the gather writes the output in the order of the leading dims as given. The shifts
-    come from `generator` (default: torch's global one; a seed of a many-seed agent has its own).
-    """
-    *lead, c, h, w = obs.shape
-    dy = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (*lead, 1), device=obs.device, generator=generator)
-    rows = (dy + torch.arange(h, device=obs.device) - pad).clamp_(0, h - 1)  # (..., H)
-    cols = (dx + torch.arange(w, device=obs.device) - pad).clamp_(0, w - 1)  # (..., W)
-    index = (rows[..., :, None] * w + cols[..., None, :]).view(*lead, 1, h * w).expand(*lead, c, h * w)
-    return obs.flatten(-2).gather(-1, index).view(*lead, c, h, w)
 
 
 def _adamw(params, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.AdamW:
@@ -47,8 +35,12 @@ def _adamw(params, lr: float, weight_decay: float, capturable: bool = False) -> 
                              capturable=capturable)
 
 
-class ULDAgent:
-    """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings."""
+class ULDAgent(UpdateSchedule):
+    """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings.
+
+    One seed: the update of uld/agents/uld/update.py run on this agent's own modules (StackedULD maps
+    the same update over many seeds).
+    """
 
     def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
                  precision: str = "fp32", compiled: bool = False, cuda_graphs: bool = True):
@@ -76,7 +68,7 @@ class ULDAgent:
                              self.policy, self.policy_target, self.value, self.value_target)
         # CUDA graphs replay the two kinds of update on a GPU (uld/agents/uld/graphs.py); elsewhere the
         # eager update runs as written.
-        self.graphs = UpdateGraphs(self.device) if cuda_graphs and self.device.type == "cuda" else None
+        self.graphs = UpdateGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
         capturable = self.graphs is not None
         self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay, capturable)
         self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay, capturable)
@@ -122,27 +114,17 @@ class ULDAgent:
         return autocast(self.device, self.precision, cache=self.graphs is None)
 
     def update(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
-        """One training iteration: maybe a target copy and encoder burst, then value and policy.
+        """One training iteration on `buffer` (UpdateSchedule.iteration); metrics as device tensors."""
+        return self.iteration(buffer)
 
-        The schedule is decided on the host from the step count; the updates themselves read and
-        write device tensors only (no value comes back to the host), so they can be replayed as CUDA
-        graphs: `self.graphs.run` replays the captured update, or runs the function as written.
-        """
-        cfg = self.config
-        self.training_step += 1
-        buffer.refresh()  # the slots written since the last update enter the sum tree before any draw
-        run = self.graphs.run if self.graphs is not None else (lambda kind, update, buffer: update(buffer))
-        metrics: dict[str, Tensor] = {}
-        if (self.training_step - 1) % cfg.target_update_period == 0:
-            self._copy_targets()
-            self.target_reward_scale.copy_(self.reward_scale)
-            if cfg.reward_scaling:
-                self.reward_scale.copy_(buffer.reward_scale())
-            if cfg.model_based_representation:
-                for _ in range(cfg.target_update_period):
-                    metrics.update(run("encoder", self._update_encoder, buffer))
-        metrics.update(run("value_policy", self._update_value_and_policy, buffer))
-        return metrics
+    def buffers(self, source: ReplayBuffer) -> list[ReplayBuffer]:
+        return [source]
+
+    def trained_parameters(self) -> list[Tensor]:
+        return [p for module in (self.encoder, self.policy, self.value) for p in module.parameters()]
+
+    def own_generators(self) -> list[torch.Generator]:
+        return []  # the noise comes from torch's default generator
 
     def _copy_targets(self) -> None:
         """Hard target copies (docs/algorithm.md, Update schedule), in place: the targets keep their tensors,
@@ -150,54 +132,39 @@ class ULDAgent:
         for target, online in self._target_pairs:
             torch._foreach_copy_(target, online)
 
-    @property
-    def _encoder_for_targets(self) -> Encoder:
-        """The target encoder, or the online one in the design study's no-target-encoder variant."""
-        return self.encoder_target if self.config.target_encoder else self.encoder
-
     def _prepare_obs(self, obs: Tensor) -> Tensor:
-        """(B, T, *obs_shape) -> (T, B, *obs_shape): float vectors, or uint8 frames (shift-augmented
-        unless the config turns augmentation off).
+        return prepare_obs(obs, self.config, self.spec.pixels)
 
-        Time-major, so that the batch of one time step, or of all steps after the first, is a view
-        of one block rather than a copy (for pixels the augmentation writes that order directly).
-        """
-        obs = obs.transpose(0, 1)
-        if self.spec.pixels:  # uint8 frames: the encoder scales them (docs/algorithm.md, Networks)
-            return shift_augment(obs) if self.config.pixel_augmentation else obs
-        return obs.float()
+    def _gumbel(self) -> Tensor | None:
+        """The discrete policy's Gumbel draws for one batch (None for continuous actions)."""
+        return self._gumbel_for(self.config.batch_size)
+
+    def _gumbel_for(self, batch_size: int) -> Tensor | None:
+        if not self.spec.discrete:
+            return None
+        return gumbel_noise((batch_size, self.spec.action_dim), self.device, dtype=self._action_dtype)
+
+    @property
+    def _action_dtype(self) -> torch.dtype:
+        """The dtype of the policy's output inside an update (bf16 under bf16 autocast): the noise added to it
+        is drawn in that dtype, as torch.randn_like would draw it (bf16 and fp32 draws differ)."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    def _target_action(self, zs_next: Tensor) -> Tensor:
+        gumbel = self._gumbel_for(zs_next.shape[0])
+        noise = torch.randn(zs_next.shape[0], self.spec.action_dim, device=self.device, dtype=self._action_dtype)
+        return target_action(self.policy_target, zs_next, noise, self.config, self.spec.discrete, gumbel)
 
     def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         cfg = self.config
-        H = cfg.enc_horizon
         batch = buffer.sample(cfg.batch_size, cfg.encoder_window)
-        obs = self._prepare_obs(batch.obs[:, : H + 1])  # (H + 1, B, ...)
-        next_action = None
-        with torch.no_grad(), self._autocast():
-            target_encoder = self._encoder_for_targets
-            target = target_encoder.f(obs[1:].flatten(0, 1)).unflatten(0, (H, obs.shape[1])).transpose(0, 1)
-            if cfg.dynamics_target == "zsa":  # design study: the target is the next state-action embedding
-                next_action = batch.action[:, 1 : H + 1]
-                target = target_encoder.g(target, next_action)
-        with self._autocast():
-            loss, metrics = losses.encoder_loss(
-                self.encoder, obs0=obs[0], action=batch.action[:, :H], reward=batch.reward[:, :H],
-                terminated=batch.terminated[:, :H], target_zs=target, bins=self.bins,
-                dynamics_weight=cfg.dynamics_weight, reward_weight=cfg.reward_weight, done_weight=cfg.done_weight,
-                use_done=buffer.ever_terminated, next_action=next_action,
-            )
+        obs = self._prepare_obs(batch.obs[:, : cfg.enc_horizon + 1])  # (H + 1, B, ...)
+        loss, metrics = encoder_step_loss(self, cfg, self.bins, obs, batch.action, batch.reward, batch.terminated,
+                                          buffer.ever_terminated, autocast=self._autocast)
         self.encoder_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.encoder_optimizer.step()
         return metrics
-
-    def _target_action(self, zs_next: Tensor) -> Tensor:
-        cfg = self.config
-        action, pre = self.policy_target(zs_next)
-        noise = (cfg.target_policy_noise * torch.randn_like(action)).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
-        if self.spec.discrete:
-            return F.one_hot((action + noise).argmax(-1), self.spec.action_dim).float()
-        return (action + noise).clamp(-1, 1)
 
     def _update_value_and_policy(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
         """A value step, then a policy step, on one batch of H_Q-step subsequences; then the batch's priorities."""
@@ -213,33 +180,25 @@ class ULDAgent:
         cfg = self.config
         # Steps 0 and q_horizon of the q_horizon + 1 sampled, as a strided view rather than a copy.
         obs = self._prepare_obs(batch.obs[:, :: cfg.q_horizon])  # (2, B, ...)
-        with torch.no_grad(), self._autocast():
-            R, ND = losses.n_step_return(batch.reward, batch.terminated, cfg.discount)
-            target_encoder = self._encoder_for_targets
-            zs_next = target_encoder.f(obs[1])
-            next_q = self.value_target(target_encoder.g(zs_next, self._target_action(zs_next)))
-            y = losses.critic_target(R, ND, next_q, discount=cfg.discount, horizon=cfg.q_horizon,
-                                     reward_scale=self.reward_scale, target_reward_scale=self.target_reward_scale,
-                                     clipped_double_q=cfg.clipped_double_q)
-        with self._autocast():
-            with torch.set_grad_enabled(self.critic_trains_encoder):
-                zs = self.encoder.f(obs[0])
-                zsa = self.encoder.g(zs, batch.action[:, 0])
-            value_loss, td_error, metrics = losses.critic_loss(self.value, zsa, y, loss_type=cfg.critic_loss)
+        gumbel = self._gumbel()  # the target policy's Gumbel draws, then its smoothing noise
+        noise = torch.randn(cfg.batch_size, self.spec.action_dim, device=self.device, dtype=self._action_dtype)
+        value_loss, (td_error, zs, metrics) = value_step_loss(
+            self, cfg, obs, batch.action, batch.reward, batch.terminated, noise, self.reward_scale,
+            self.target_reward_scale, discrete=self.spec.discrete, target_gumbel=gumbel,
+            critic_trains_encoder=self.critic_trains_encoder, autocast=self._autocast)
         for optimizer in self._value_step_optimizers:
             optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.value_grad_clip, foreach=True)
         for optimizer in self._value_step_optimizers:
             optimizer.step()
-        return zs.detach(), td_error, metrics
+        return zs, td_error, metrics
 
     def _policy_step(self, zs: Tensor) -> dict[str, Tensor]:
         """The actor's update (docs/algorithm.md, Actor): its gradient flows through g and Q to the action
         only, so the encoder and the value are frozen rather than given weight gradients to discard."""
-        with frozen(self.encoder, self.value), self._autocast():  # a new autocast block: the value just changed
-            policy_loss, metrics = losses.actor_loss(self.encoder, self.value, self.policy, zs,
-                                                     pre_activation_weight=self.config.pre_activation_weight)
+        with frozen(self.encoder, self.value):
+            policy_loss, metrics = policy_step_loss(self, self.config, zs, self._gumbel(), autocast=self._autocast)
             self.policy_optimizer.zero_grad(set_to_none=True)
             policy_loss.backward()
         self.policy_optimizer.step()

@@ -7,8 +7,8 @@ states, the replay's tensors and generator, the reward scales) and never reads a
 host, the kernels it launches are the same every time: they are recorded once into a
 ``torch.cuda.CUDAGraph`` and replayed with one launch.
 
-The update functions are the eager ones (uld/agents/uld/agent.py): nothing here restates the
-algorithm. For each kind of update:
+The update functions are the eager ones (uld/agents/uld/update.py, as uld/agents/uld/agent.py and
+uld/agents/stacked.py run them): nothing here restates the algorithm. For each kind of update:
 
 1. the first ``WARMUP`` calls run eagerly on a side stream (they are real updates; they also create
    the optimizers' state, cuBLAS workspaces and autocast's kernels before anything is captured);
@@ -19,8 +19,9 @@ algorithm. For each kind of update:
 
 Requirements the agent meets: AdamW with ``capturable=True`` (step counts on the device); gradients set
 to None before capture, so the backward allocates them from the graph's memory pool; autocast without
-its weight cache; the replay's generator registered with each graph, so that each replay advances it
-(the default CUDA generator, used for noise and augmentation, is handled by capture itself). The
+its weight cache; the replays' generators (and a many-seed agent's per-seed noise generators) registered with each
+graph, so that each replay advances them (the default CUDA generator, used by a one-seed agent for
+noise and augmentation, is handled by capture itself). The
 variable-length refresh of the sum tree runs eagerly before the graphs (ReplayBuffer.refresh).
 Loading a checkpoint replaces the optimizers' state tensors, so the agent calls ``reset`` and the
 graphs are captured again.
@@ -38,13 +39,15 @@ WARMUP = 3
 
 
 class UpdateGraphs:
-    """Captures and replays one CUDA graph per kind of update ("encoder", "value_policy")."""
+    """Captures and replays one CUDA graph per kind of update ("encoder", "value_policy") of one agent
+    (a ULDAgent or a StackedULD: an UpdateSchedule, uld/agents/uld/update.py)."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, agent):
+        self.agent = agent
+        self.device = agent.device
         self._graphs: dict[str, tuple[torch.cuda.CUDAGraph, dict[str, Tensor]]] = {}
         self._calls: dict[str, int] = {}
-        self._buffer = None
+        self._buffers: list = []
         self._pool = None
 
     def reset(self) -> None:
@@ -52,11 +55,12 @@ class UpdateGraphs:
         self._graphs.clear()
         self._calls.clear()
 
-    def run(self, kind: str, update: Callable, buffer) -> dict[str, Tensor]:
-        """The update of this kind on `buffer`: replayed from its graph once captured."""
-        if buffer is not self._buffer:  # graphs hold the buffer's tensors: a new buffer needs new graphs
-            self.reset()
-            self._buffer = buffer
+    def run(self, kind: str, update: Callable, source) -> dict[str, Tensor]:
+        """The update of this kind on `source` (a replay, or one per seed): replayed from its graph once captured."""
+        buffers = self.agent.buffers(source)
+        if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
+            self.reset()  # graphs hold the buffers' tensors: new buffers need new graphs
+            self._buffers = list(buffers)
         if kind in self._graphs:
             graph, metrics = self._graphs[kind]
             graph.replay()
@@ -67,28 +71,22 @@ class UpdateGraphs:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                metrics = update(buffer)
+                metrics = update(source)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return metrics
-        return self._capture(kind, update, buffer)
+        return self._capture(kind, update, source)
 
-    def _capture(self, kind: str, update: Callable, buffer) -> dict[str, Tensor]:
+    def _capture(self, kind: str, update: Callable, source) -> dict[str, Tensor]:
         graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(buffer.generator)
+        for generator in [buffer.generator for buffer in self._buffers] + self.agent.own_generators():
+            graph.register_generator_state(generator)
         # Gradients are allocated inside the capture, from the graph's pool, and stay there.
-        for parameter in _parameters_with_grads(update):
+        for parameter in self.agent.trained_parameters():
             parameter.grad = None
         torch.cuda.synchronize(self.device)
         with torch.cuda.graph(graph, pool=self._pool):
-            metrics = update(buffer)
+            metrics = update(source)
         self._pool = graph.pool()  # both kinds of update share one memory pool
         self._graphs[kind] = (graph, metrics)
         graph.replay()
         return metrics
-
-
-def _parameters_with_grads(update: Callable):
-    """The parameters of the agent whose bound update method this is (their .grad is reset before capture)."""
-    agent = update.__self__  # type: ignore[attr-defined]
-    for module in (agent.encoder, agent.policy, agent.value):
-        yield from module.parameters()

@@ -137,10 +137,13 @@ def critic_loss(value: Value, zsa: Tensor, y: Tensor, *, loss_type: str = "huber
 
 
 def actor_loss(
-    encoder: Encoder, value: Value, policy: Policy, zs: Tensor, *, pre_activation_weight: float
+    encoder: Encoder, value: Value, policy: Policy, zs: Tensor, *, pre_activation_weight: float,
+    gumbel: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
-    """-mean Q(g(zs, pi(zs))) over batch and both heads + weight * mean(pre^2) (docs/algorithm.md, Actor)."""
-    action, pre = policy(zs)
+    """-mean Q(g(zs, pi(zs))) over batch and both heads + weight * mean(pre^2) (docs/algorithm.md, Actor).
+
+    Discrete actions: pi's Gumbel-softmax sample uses `gumbel` when given (Policy.forward)."""
+    action, pre = policy(zs, gumbel)
     q = value(encoder.g(zs, action)).float()
     penalty = pre.float().pow(2).mean()
     loss = -q.mean() + pre_activation_weight * penalty

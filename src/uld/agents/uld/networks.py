@@ -133,6 +133,13 @@ class Encoder(nn.Module):
         return out[..., :1], out[..., 1 : 1 + self.zs_dim], out[..., 1 + self.zs_dim :]
 
 
+def gumbel_noise(shape: tuple[int, ...], device: torch.device | str, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard Gumbel draws, -log(E) with E ~ Exponential(1), as F.gumbel_softmax draws them (in `dtype`:
+    the logits' dtype, bf16 under autocast)."""
+    return -torch.empty(shape, device=device, dtype=dtype).exponential_(generator=generator).log()
+
+
 class Policy(nn.Module):
     """pi(zs): an MLP with ReLU and layer norm; tanh for continuous actions, logits for discrete."""
 
@@ -142,11 +149,15 @@ class Policy(nn.Module):
         self.discrete, self.gumbel_tau = discrete, gumbel_tau
         self.apply(init_weights)
 
-    def forward(self, zs: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (action fed to g, pre-activation). Discrete: a soft Gumbel-softmax sample."""
+    def forward(self, zs: Tensor, gumbel: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return (action fed to g, pre-activation). Discrete: a soft Gumbel-softmax sample,
+        softmax((pre + gumbel) / tau), with `gumbel` drawn here from torch's generator unless given
+        (a many-seed agent draws each seed's outside the mapped function, uld/agents/stacked.py)."""
         pre = self.mlp(zs)
         if self.discrete:
-            return F.gumbel_softmax(pre, tau=self.gumbel_tau), pre
+            if gumbel is None:
+                gumbel = gumbel_noise(pre.shape, pre.device, dtype=pre.dtype)
+            return F.softmax((pre + gumbel.to(pre.dtype)) / self.gumbel_tau, dim=-1), pre
         return torch.tanh(pre), pre
 
 
