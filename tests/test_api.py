@@ -34,3 +34,11 @@ def test_the_api_trains_loads_and_acts(tmp_path):
     assert action.shape == (1,) and np.all(np.abs(action) <= 1)
     with pytest.raises(UldError, match="is not a run directory"):
         uld.load(tmp_path / "nothing")
+    # A wrong observation is one sentence naming both shapes, not a torch error from inside the network.
+    with pytest.raises(UldError, match=r"one observation of shape \(3,\).*got shape \(4, 3\)"):
+        trained.act(np.zeros((4, 3), dtype=np.float32))
+    # The parent directory of a many-seed run names its seeds' directories.
+    (tmp_path / "many" / "seed2").mkdir(parents=True)
+    (tmp_path / "many" / "seed2" / "config.json").write_text((run_dir / "config.json").read_text())
+    with pytest.raises(UldError, match="holds the runs of several seeds .*seed2"):
+        uld.load(tmp_path / "many")

@@ -95,6 +95,21 @@ def _filled_buffer(spec: EnvSpec, config: ULDConfig):
     return buffer
 
 
+def _guard_updates(monkeypatch, agent) -> dict[str, int]:
+    """Make the agent's two kinds of update run with host reads refused; returns their call counts."""
+    calls = {"_update_encoder": 0, "_update_value_and_policy": 0}
+    for name in calls:
+        update = getattr(agent, name)
+
+        def guarded(source, update=update, name=name):
+            calls[name] += 1
+            with host_reads_refused():
+                return update(source)
+
+        monkeypatch.setattr(agent, name, guarded)
+    return calls
+
+
 @pytest.mark.parametrize("spec,precision", [(VECTOR, "fp32"), (VECTOR, "bf16"), (PIXELS, "fp32")],
                          ids=["vector-fp32", "vector-bf16", "pixels-fp32"])
 def test_encoder_and_value_policy_updates_read_nothing_back_to_the_host(monkeypatch, spec, precision) -> None:
@@ -103,16 +118,7 @@ def test_encoder_and_value_policy_updates_read_nothing_back_to_the_host(monkeypa
                        buffer_capacity=200, random_steps=0)
     agent = ULDAgent(spec, config, precision=precision)
     buffer = _filled_buffer(spec, config)
-    calls = {"_update_encoder": 0, "_update_value_and_policy": 0}
-    for name in calls:
-        update = getattr(agent, name)
-
-        def guarded(buffer, update=update, name=name):
-            calls[name] += 1
-            with host_reads_refused():
-                return update(buffer)
-
-        monkeypatch.setattr(agent, name, guarded)
+    calls = _guard_updates(monkeypatch, agent)
 
     priority = np.array(buffer.priority)
     for _ in range(3):  # steps 1 and 3 copy the targets and run a burst of 2 encoder updates
@@ -133,16 +139,7 @@ def test_many_seed_updates_read_nothing_back_to_the_host(monkeypatch, spec) -> N
                        buffer_capacity=200, random_steps=0)
     agent = StackedULD(spec, config, [0, 1])
     buffers = [_filled_buffer(spec, config), _filled_buffer(spec, config)]
-    calls = {"_update_encoder": 0, "_update_value_and_policy": 0}
-    for name in calls:
-        update = getattr(agent, name)
-
-        def guarded(buffers, update=update, name=name):
-            calls[name] += 1
-            with host_reads_refused():
-                return update(buffers)
-
-        monkeypatch.setattr(agent, name, guarded)
+    calls = _guard_updates(monkeypatch, agent)
 
     for _ in range(3):
         metrics = agent.update(buffers)

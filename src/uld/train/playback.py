@@ -29,9 +29,15 @@ class TrainedAgent:
     """The run's configuration, from its config.json."""
     step: int
     """The agent steps the checkpoint was taken at."""
+    obs_shape: tuple[int, ...] | None = None
+    """The shape of one observation the policy takes (None: not checked)."""
 
     def act(self, obs: np.ndarray) -> np.ndarray | int:
         """The evaluation action for one observation (no exploration noise)."""
+        shape = tuple(np.shape(obs))
+        if self.obs_shape is not None and shape != tuple(self.obs_shape):
+            raise UldError(f"act takes one observation of shape {tuple(self.obs_shape)} (the run's env "
+                           f"{self.config.env}), got shape {shape}; pass one observation at a time")
         return self.agent.act(obs, explore=False)
 
 
@@ -58,7 +64,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedAgen
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UldError(f"the checkpoint of step {step} in {run_dir} does not fit the agent its config.json "
                        f"describes ({error}); the two belong to different runs") from None
-    return TrainedAgent(agent=agent, config=config, step=step)
+    return TrainedAgent(agent=agent, config=config, step=step, obs_shape=env.spec.obs_shape)
 
 
 def _frame(env) -> np.ndarray:
