@@ -185,3 +185,28 @@ def test_negative_env_workers_is_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--env-workers must be a non-negative integer, got -1" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_to_the_process_group_checkpoints_and_the_same_command_resumes_exactly(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the workers, in a session of their own, keep
+    serving while uld saves every seed's checkpoint; running the command again equals a straight run."""
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "uld.cli", *_cli(tmp_path / "interrupted", 300, workers=2)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    eval_csv, deadline = tmp_path / "interrupted/seed1/eval.csv", time.time() + 300
+    while not (eval_csv.exists() and len(read_eval_csv(eval_csv)) >= 2):  # training has started
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "a checkpoint of every seed was saved" in stderr and "Traceback" not in stderr
+    assert 100 <= Checkpointer(tmp_path / "interrupted/seed1/checkpoints").load_latest()[1] < 300
+    assert main(_cli(tmp_path / "interrupted", 300, workers=2)) == 0
+    assert main(_cli(tmp_path / "straight", 300, workers=0)) == 0
+    _same_runs([tmp_path / "straight" / f"seed{k}" for k in (0, 1)],
+               [tmp_path / "interrupted" / f"seed{k}" for k in (0, 1)])
