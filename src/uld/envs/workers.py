@@ -60,8 +60,9 @@ def _serve(conn: Connection) -> None:
 
     A request is (slot, method, args, kwargs); the answer is (slot, True, result) or (slot, False, error).
     """
-    # Ctrl-C reaches the whole process group; the parent stops at its next step and checkpoints, which
-    # asks these envs for their RNG states, so the workers must outlive the signal.
+    # A worker has a session of its own, so a terminal's Ctrl-C does not reach it; a signal sent to it anyway
+    # is ignored too: the parent stops at its next step and checkpoints, which asks these envs for their RNG
+    # states, so the workers must outlive the signal. They end when the parent closes their pipe or dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from uld.envs import make_env  # here: chooses the headless OpenGL backend before dm_control loads
