@@ -2,6 +2,8 @@
 
     python benchmarks/seeds.py --device cpu                  # S = 1, 2, 5, 10; reduced-size agent
     python benchmarks/seeds.py --device cuda --full --steps 200 --threads 4
+    python benchmarks/seeds.py --env dmc-pixels:cheetah-run --workers 0 --sizes 2,5 --steps 10 --warmup 100 \
+        --buffer-capacity 20000                              # pixel envs in the process or in workers
 
 For each S, in one run of this script and on the same hardware:
 
@@ -16,6 +18,11 @@ period set to --target-period, whose encoder burst is timed along with the rest.
 the separate processes is their env steps over the span from the first one's start of timing to the
 last one's end. The split columns say where a stacked step's time goes: acting, stepping the S envs
 one after the other on the host, and the update.
+
+With --workers N the comparison is another one: the many-seed process with its S envs stepping one
+after the other in the process, against the same process with its envs in N worker processes
+(uld/envs/workers.py; 0: one per seed), stepping at the same time, as `uld train --seeds` does with
+--env-workers. Each row splits a step into acting, the envs (stepping, replay adds, resets) and the update.
 """
 
 from __future__ import annotations
@@ -34,18 +41,24 @@ from uld.agents.stacked import StackedULD, make_buffers
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig, reduced_config
 from uld.envs import make_env
+from uld.envs.workers import EnvWorkers, reset_all, step_all
 
 
 def _config(args) -> ULDConfig:
     base = ULDConfig() if args.full else reduced_config()
-    return ULDConfig(**{**base.__dict__, "target_update_period": args.target_period, "random_steps": 0})
+    capacity = {"buffer_capacity": args.buffer_capacity} if args.buffer_capacity else {}
+    return ULDConfig(**{**base.__dict__, "target_update_period": args.target_period, "random_steps": 0, **capacity})
 
 
 def worker(args) -> dict:
     """Train `args.seeds_in_process` seeds in this process (stacked unless `args.single`); time it."""
     torch.set_num_threads(args.threads)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds_in_process))
-    envs = [make_env(args.env, seed=seed) for seed in seeds]
+    if args.env_workers:
+        workers = EnvWorkers(min(args.env_workers, len(seeds)))
+        envs = workers.make_envs([(args.env, seed, False, k) for k, seed in enumerate(seeds)])
+    else:
+        envs = [make_env(args.env, seed=seed) for seed in seeds]
     spec, config = envs[0].spec, _config(args)
     if args.single:
         torch.manual_seed(seeds[0])
@@ -54,13 +67,17 @@ def worker(args) -> dict:
     else:
         agent = StackedULD(spec, config, seeds, device=args.device)
         buffers = make_buffers(spec, config, seeds, args.device)
-    obs = [env.reset() for env in envs]
+    obs = reset_all(envs)
 
     def env_step(actions):
-        for k, (env, action) in enumerate(zip(envs, actions)):
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffers[k].add(obs[k], action, reward, next_obs, terminated, truncated)
-            obs[k] = env.reset() if terminated or truncated else next_obs
+        ended = []
+        for k, (next_obs, reward, terminated, truncated, _) in enumerate(step_all(envs, actions)):
+            buffers[k].add(obs[k], actions[k], reward, next_obs, terminated, truncated)
+            obs[k] = next_obs
+            if terminated or truncated:
+                ended.append(k)
+        for k, first_obs in zip(ended, reset_all([envs[k] for k in ended])):
+            obs[k] = first_obs
 
     for _ in range(args.warmup):
         env_step([env.sample_action() for env in envs])
@@ -87,12 +104,15 @@ def worker(args) -> dict:
     return {"start": started, "end": time.time(), "env_steps": args.steps * len(seeds), **seconds}
 
 
-def _launch(args, seeds_in_process: int, first_seed: int, single: bool, threads: int) -> subprocess.Popen:
+def _launch(args, seeds_in_process: int, first_seed: int, single: bool, threads: int,
+            env_workers: int = 0) -> subprocess.Popen:
     command = [sys.executable, __file__, "--worker", "--seeds-in-process", str(seeds_in_process),
                "--first-seed", str(first_seed), "--threads", str(threads), "--device", args.device, "--env", args.env,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--target-period", str(args.target_period)]
     command += ["--single"] if single else []
     command += ["--full"] if args.full else []
+    command += ["--env-workers", str(env_workers)] if env_workers else []
+    command += ["--buffer-capacity", str(args.buffer_capacity)] if args.buffer_capacity else []
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
 
@@ -121,6 +141,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of the many-seed process (the single-seed ones get 1 each); more than one "
                              "on a loaded CPU oversubscribes the cores and slows matmuls tenfold")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="compare envs stepping in the process with envs in this many worker processes (0: one "
+                             "per seed) instead of one process with S processes")
+    parser.add_argument("--buffer-capacity", type=int, default=None,
+                        help="replay slots per seed (default: the config's; a pixel replay of 1M frames needs 21 GB)")
+    parser.add_argument("--env-workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seeds-in-process", type=int, default=1, help=argparse.SUPPRESS)
@@ -130,6 +156,9 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
+    if args.workers is not None:
+        _compare_workers(args)
+        return
     print(f"{args.env}, {'full' if args.full else 'reduced'}-size ULD on {args.device}, {args.steps} timed steps, "
           f"target period {args.target_period}; one process: {args.threads} threads; separate: 1 thread each")
     header = ("| S | one process: env steps/s | S processes: env steps/s | ratio | act % | envs % | update % "
@@ -145,6 +174,27 @@ def main() -> None:
         print(f"| {size} | {one:.1f} | {many:.1f} | {one / many:.2f} | {100 * stacked['act'] / total:.0f} "
               f"| {100 * stacked['env'] / total:.0f} | {100 * stacked['update'] / total:.0f} "
               f"| {1000 * stacked['update'] / stacked['env_steps']:.1f} |", flush=True)
+
+
+def _compare_workers(args) -> None:
+    """For each S: the many-seed process with its envs in the process, then in worker processes."""
+    print(f"{args.env}, {'full' if args.full else 'reduced'}-size ULD on {args.device}, {args.steps} timed steps, "
+          f"target period {args.target_period}, {args.threads} torch threads; envs in the process or in workers")
+    header = ("| S | envs | env steps/s | speed-up | act % | envs % | update % | envs ms/step | update ms/step |")
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        baseline = None
+        for workers in (0, args.workers or size):
+            (result,) = _results([_launch(args, size, 0, single=False, threads=args.threads, env_workers=workers)])
+            rate = result["env_steps"] / (result["end"] - result["start"])
+            baseline = baseline or rate
+            total = result["act"] + result["env"] + result["update"]
+            where = f"{min(workers, size)} workers" if workers else "in process"
+            print(f"| {size} | {where} | {rate:.1f} | {rate / baseline:.2f} | {100 * result['act'] / total:.0f} "
+                  f"| {100 * result['env'] / total:.0f} | {100 * result['update'] / total:.0f} "
+                  f"| {1000 * result['env'] / args.steps:.0f} | {1000 * result['update'] / args.steps:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

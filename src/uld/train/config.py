@@ -48,6 +48,10 @@ class TrainConfig:
     --no-cuda-graphs runs them eagerly."""
     threads: int | None = None
     """Torch CPU threads (default: torch's choice, one per core)."""
+    env_workers: int | None = None
+    """With several --seeds: worker processes that step the seeds' envs at the same time (0: none, the envs step
+    one after the other in this process; default: one per seed up to one per core for pixel envs, none otherwise).
+    Results are the same either way. One seed: ignored."""
     progress: bool = True
     """Show a progress bar."""
     log_every: int = 1000
@@ -66,7 +70,7 @@ class TrainConfig:
     """Also checkpoint every this many agent steps (default: by time only)."""
     resume: str | None = None
     """Continue the run in this directory with its own config.json (only --steps, --device, --compile, --cuda-graphs,
-    --threads, --progress, the checkpoint cadence and W&B logging may change)."""
+    --threads, --env-workers, --progress, the checkpoint cadence and W&B logging may change)."""
     restart: bool = False
     """Start the run in --out over: its files are moved into <out>/restarted-<time>/ first (nothing is deleted)."""
     trust_checkpoint: str | None = None
@@ -147,8 +151,9 @@ def check_positive(config: TrainConfig) -> None:
 
 # Options that may change between the start of a run and its resumption; every other one is part of
 # what the run is, and a command that disagrees with the run directory on it is refused.
-RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "cuda_graphs", "threads", "progress",
-                     "checkpoint_minutes", "checkpoint_every", "restart", "trust_checkpoint", "wandb", "wandb_project")
+RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "cuda_graphs", "threads", "env_workers",
+                     "progress", "checkpoint_minutes", "checkpoint_every", "restart", "trust_checkpoint", "wandb",
+                     "wandb_project")
 
 
 def config_to_dict(config: TrainConfig) -> dict:

@@ -8,13 +8,17 @@ checkpoints, which are single-seed checkpoints (`uld eval` and `uld report` read
 unchanged). Each seed is held by a `Trainer` of its own, used for its state and its checkpoint form;
 the loop here steps them together and makes one batched call to the agent per step.
 
-The environments step one after the other on the host; their episodes end independently. Every
-seed's checkpoint is written at the same step; a resume loads the newest step that every seed has
-complete, so interruption and resume are exact, as for a single run.
+The environments step in lock-step and their episodes end independently. Where stepping them one
+after the other would dominate the step (pixel envs render a frame per step), they run in worker
+processes (uld/envs/workers.py, --env-workers) and step at the same time: every action is sent, then
+every result collected; episodes that end reset at the same time too. Results are bitwise the same
+with and without workers. Every seed's checkpoint is written at the same step; a resume loads the
+newest step that every seed has complete, so interruption and resume are exact, as for a single run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,6 +34,8 @@ from tqdm import tqdm
 
 from uld.agents.stacked import StackedULD, make_buffers
 from uld.envs import make_env
+from uld.envs.base import Env
+from uld.envs.workers import EnvWorkers, available_cores, reset_all, step_all
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
 from uld.train.config import (
@@ -89,23 +95,69 @@ def _common_step(checkpointers: list[Checkpointer]) -> int | None:
 
 def evaluate_seeds(agent: StackedULD, envs: list, episodes: int) -> list[list[float]]:
     """`episodes` deterministic episodes on each seed's evaluation env, stepped in lock-step with one
-    batched action per step (docs/algorithm.md, Protocols); a seed whose episodes are done waits for the others."""
+    batched action per step (docs/algorithm.md, Protocols); a seed whose episodes are done waits for the others.
+    Envs in workers step, and reset, at the same time."""
     returns: list[list[float]] = [[] for _ in envs]
-    obs = [env.reset() for env in envs]
+    obs = reset_all(envs)
     totals = [0.0] * len(envs)
     while any(len(r) < episodes for r in returns):
         actions = agent.act(np.stack(obs), explore=False).numpy()
-        for k, env in enumerate(envs):
-            if len(returns[k]) >= episodes:
-                continue
-            obs[k], reward, terminated, truncated, _ = env.step(actions[k])
+        active = [k for k in range(len(envs)) if len(returns[k]) < episodes]
+        restart = []
+        for k, (next_obs, reward, terminated, truncated, _) in zip(
+                active, step_all([envs[k] for k in active], [actions[k] for k in active])):
+            obs[k] = next_obs
             totals[k] += reward
             if terminated or truncated:
                 returns[k].append(totals[k])
                 totals[k] = 0.0
                 if len(returns[k]) < episodes:
-                    obs[k] = env.reset()
+                    restart.append(k)
+        for k, first_obs in zip(restart, reset_all([envs[k] for k in restart])):
+            obs[k] = first_obs
     return returns
+
+
+def _start_episodes(trainers: list[Trainer]) -> None:
+    """Trainer._reset for each of `trainers`, their envs resetting at the same time."""
+    for trainer in trainers:
+        trainer._episode_start_rng = trainer.env.rng_state()
+        trainer._episode_actions = []
+    for trainer, obs in zip(trainers, reset_all([t.env for t in trainers])):
+        trainer.obs = obs
+
+
+def env_worker_count(env_workers: int | None, seeds: int, pixels: bool) -> int:
+    """Worker processes for the envs of `seeds` seeds: --env-workers, at most one per seed (a seed's training
+    and evaluation envs never step at the same time, so they share one); by default one per seed up to one
+    per core for pixel envs, whose rendering dominates a step, and none for state envs, whose steps take
+    microseconds (a round trip to a worker would cost more)."""
+    if env_workers is None:
+        return min(seeds, available_cores()) if pixels and seeds > 1 else 0
+    return min(env_workers, seeds)
+
+
+def make_seed_envs(configs: list[TrainConfig], env_workers: int | None,
+                   closing: contextlib.ExitStack) -> tuple[list[Env], list[Env]]:
+    """Each seed's training and evaluation envs (seeded k and k + 100), in this process or, seed k's two on
+    worker k % N, in N worker processes; `closing` closes them and ends the workers."""
+    first = make_env(configs[0].env, seed=configs[0].seed)  # here: an unknown name fails before workers start
+    count = env_worker_count(env_workers, len(configs), first.spec.pixels)
+    if count == 0:
+        envs: list[Env] = [closing.enter_context(contextlib.closing(first))]
+        envs += [closing.enter_context(contextlib.closing(make_env(c.env, seed=c.seed))) for c in configs[1:]]
+        eval_envs: list[Env] = [closing.enter_context(contextlib.closing(make_env(c.env, seed=c.seed + 100,
+                                                                                  evaluation=True)))
+                                for c in configs]
+        return envs, eval_envs
+    first.close()
+    workers = closing.enter_context(EnvWorkers(count))
+    made = workers.make_envs([(c.env, c.seed, False, k) for k, c in enumerate(configs)]
+                             + [(c.env, c.seed + 100, True, k) for k, c in enumerate(configs)])
+    for env in made:
+        closing.callback(env.close)
+    envs, eval_envs = made[:len(configs)], made[len(configs):]
+    return envs, eval_envs
 
 
 class MultiSeedTrainer:
@@ -151,9 +203,7 @@ class MultiSeedTrainer:
         self._last_checkpoint = now
         if self.step == 0:
             self._evaluate()
-        for trainer in self.seeds:
-            if trainer.obs is None:
-                trainer._reset()
+        _start_episodes([trainer for trainer in self.seeds if trainer.obs is None])
         while self.step < total_steps:
             started = time.perf_counter()
             if self.step < self.random_steps:
@@ -167,8 +217,8 @@ class MultiSeedTrainer:
                         trainer._check_finite(trainer._metrics)
                         trainer._diverged(["the policy's action"])
             done = []
-            for trainer, action in zip(self.seeds, actions):
-                next_obs, reward, terminated, truncated, _ = trainer.env.step(action)
+            results = step_all([trainer.env for trainer in self.seeds], actions)
+            for trainer, action, (next_obs, reward, terminated, truncated, _) in zip(self.seeds, actions, results):
                 trainer._episode_actions.append(action)
                 trainer.buffer.add(trainer.obs, trainer._store_action(action), reward, next_obs, terminated, truncated)
                 trainer.obs = next_obs
@@ -189,13 +239,13 @@ class MultiSeedTrainer:
                         trainer._log_metrics(trainer._metrics)
             self.update_seconds += time.perf_counter() - stepped
 
-            for trainer, finished in zip(self.seeds, done):
-                if finished:
-                    s = trainer.state
-                    trainer.logger.episode(s.step, s.episode_return, s.episode_length)
-                    s.episode += 1
-                    s.episode_return, s.episode_length = 0.0, 0
-                    trainer._reset()
+            finished = [trainer for trainer, ended in zip(self.seeds, done) if ended]
+            for trainer in finished:
+                s = trainer.state
+                trainer.logger.episode(s.step, s.episode_return, s.episode_length)
+                s.episode += 1
+                s.episode_return, s.episode_length = 0.0, 0
+            _start_episodes(finished)
             if self.bar is not None:
                 self.bar.update(1)
                 if any(done):
@@ -289,48 +339,45 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         return run_dirs
 
     seed_everything(seeds[0])
-    envs = [make_env(c.env, seed=c.seed) for c in configs]
-    eval_envs = [make_env(c.env, seed=c.seed + 100, evaluation=True) for c in configs]
-    for _ in seeds:  # each seed has a replay of its own
-        check_buffer_memory(cfg, envs[0].spec)
-    agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device, cuda_graphs=cfg.cuda_graphs)
-    buffers = make_buffers(envs[0].spec, cfg.agent_config, seeds, device)
-    start_step = step or 0
-    trainers = []
-    for k, (c, run_dir) in enumerate(zip(configs, run_dirs)):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(run_dir / "config.json", (json.dumps(config_to_dict(c), indent=2) + "\n").encode())
-        logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=False)
-        trainers.append(Trainer(envs[k], eval_envs[k], _SeedView(agent, k), buffers[k], logger,
-                                random_steps=cfg.agent_config.random_steps, eval_every=cfg.eval_every,
-                                eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
-                                checkpointer=checkpointers[k], checkpoint_seconds=60 * cfg.checkpoint_minutes,
-                                checkpoint_every=cfg.checkpoint_every, eval_seed=c.seed + 100))
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress, unit="step", dynamic_ncols=True,
-               mininterval=1.0, desc=f"{len(seeds)} seeds")
-    trainer = MultiSeedTrainer(trainers, agent, bar)
-    if step is not None:
-        states = [torch.load(c.path(step), weights_only=True, map_location="cpu") for c in checkpointers]
-        for checkpointer, state in zip(checkpointers, states):
-            try:
-                check_run_state(state, step)
-            except ValueError as error:
-                raise UldError(f"the checkpoint of step {step} in {checkpointer.directory} is not a run's state "
-                               f"({error}); continue that seed with --seed and --trust-checkpoint, or "
-                               "--restart") from None
-        trainer.load_state_dicts(states)
-    if on_allocated is not None:
-        on_allocated()
+    with contextlib.ExitStack() as closing:  # envs, workers, loggers and the bar are closed on every way out
+        envs, eval_envs = make_seed_envs(configs, config.env_workers, closing)
+        for _ in seeds:  # each seed has a replay of its own
+            check_buffer_memory(cfg, envs[0].spec)
+        agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device, cuda_graphs=cfg.cuda_graphs)
+        buffers = make_buffers(envs[0].spec, cfg.agent_config, seeds, device)
+        start_step = step or 0
+        trainers = []
+        for k, (c, run_dir) in enumerate(zip(configs, run_dirs)):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(run_dir / "config.json", (json.dumps(config_to_dict(c), indent=2) + "\n").encode())
+            logger = closing.enter_context(contextlib.closing(Logger(run_dir, cfg.steps, start_step=start_step,
+                                                                     progress=False)))
+            trainers.append(Trainer(envs[k], eval_envs[k], _SeedView(agent, k), buffers[k], logger,
+                                    random_steps=cfg.agent_config.random_steps, eval_every=cfg.eval_every,
+                                    eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
+                                    checkpointer=checkpointers[k], checkpoint_seconds=60 * cfg.checkpoint_minutes,
+                                    checkpoint_every=cfg.checkpoint_every, eval_seed=c.seed + 100))
+        bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress, unit="step", dynamic_ncols=True,
+                   mininterval=1.0, desc=f"{len(seeds)} seeds")
+        closing.callback(bar.close)
+        trainer = MultiSeedTrainer(trainers, agent, bar)
+        if step is not None:
+            states = [torch.load(c.path(step), weights_only=True, map_location="cpu") for c in checkpointers]
+            for checkpointer, state in zip(checkpointers, states):
+                try:
+                    check_run_state(state, step)
+                except ValueError as error:
+                    raise UldError(f"the checkpoint of step {step} in {checkpointer.directory} is not a run's state "
+                                   f"({error}); continue that seed with --seed and --trust-checkpoint, or "
+                                   "--restart") from None
+            trainer.load_state_dicts(states)
+        if on_allocated is not None:
+            on_allocated()
 
-    previous = _install_signal_handlers(trainer)
-    try:
-        trainer.train(cfg.steps)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        bar.close()
-        for t in trainers:
-            t.logger.close()
-            t.env.close()
-            t.eval_env.close()
+        previous = _install_signal_handlers(trainer)
+        try:
+            trainer.train(cfg.steps)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return run_dirs

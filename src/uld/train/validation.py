@@ -33,7 +33,7 @@ UNIT: Range = (0, 1, True, True)
 
 # Fields whose range is not the generic one, by dataclass name then field name.
 RANGES: dict[str, dict[str, Range]] = {
-    "TrainConfig": {"seed": (0, 2**32 - 1, True, True), "checkpoint_minutes": POSITIVE},
+    "TrainConfig": {"seed": (0, 2**32 - 1, True, True), "checkpoint_minutes": POSITIVE, "env_workers": AT_LEAST_0},
     "ULDConfig": {"random_steps": AT_LEAST_0, "discount": UNIT, "alpha": UNIT, "min_priority": POSITIVE,
                   "encoder_lr": POSITIVE, "value_lr": POSITIVE, "policy_lr": POSITIVE, "value_grad_clip": POSITIVE,
                   "gumbel_tau": POSITIVE, "bin_range": POSITIVE, "num_bins": (2, None, True, False)},

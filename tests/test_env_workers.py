@@ -1,0 +1,212 @@
+"""Envs in worker processes (uld/envs/workers.py): the same numbers as in this process, errors as one
+sentence, no hang and no leftover process, and many-seed runs bitwise the same with and without workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from uld.agents.uld.config import reduced_config
+from uld.cli import main
+from uld.envs import make_env
+from uld.envs.workers import EnvWorkers, WorkerEnv, reset_all, step_all
+from uld.errors import UldError
+from uld.train.checkpoint import Checkpointer
+from uld.train.config import TrainConfig
+from uld.train.logger import read_eval_csv
+from uld.train.multi_seed import env_worker_count
+from uld.train.run import train
+
+ENV = "gym:Pendulum-v1"
+TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
+                      target_update_period=20, buffer_capacity=5000)
+
+
+def _config(out: Path, steps: int, **overrides) -> TrainConfig:
+    """tests/test_multi_seed.py's tiny two-seed run."""
+    options = dict(env=ENV, seeds="1,4", steps=steps, eval_every=100, eval_episodes=1, progress=False,
+                   out=str(out), log_every=50, uld=TINY)
+    return TrainConfig(**{**options, **overrides})
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for value in tree for t in _tensors(value)]
+    return []
+
+
+def _same_step(a: tuple, b: tuple) -> None:
+    assert np.array_equal(a[0], b[0]) and a[0].dtype == b[0].dtype
+    assert a[1:4] == b[1:4] and type(a[1]) is type(b[1])
+
+
+def test_worker_envs_give_an_in_process_env_numbers_exactly():
+    local = [make_env(ENV, seed=0), make_env(ENV, seed=1), make_env(ENV, seed=100, evaluation=True)]
+    with EnvWorkers(2) as workers:
+        remote = workers.make_envs([(ENV, 0, False, 0), (ENV, 1, False, 1), (ENV, 100, True, 0)])
+        assert [env.spec for env in remote] == [env.spec for env in local]
+        for a, b in zip(reset_all(remote), [env.reset() for env in local]):
+            assert np.array_equal(a, b)
+        saved = [env.rng_state() for env in remote]
+        assert [str(s) for s in saved] == [str(env.rng_state()) for env in local]
+        for _ in range(30):
+            actions = [env.sample_action() for env in local]
+            assert all(np.array_equal(a, b) for a, b in zip(actions, [env.sample_action() for env in remote]))
+            for a, b in zip(step_all(remote, actions), [env.step(x) for env, x in zip(local, actions)]):
+                _same_step(a, b)
+        # A checkpoint's resume: RNG state at the episode's reset, then its actions replayed with step().
+        remote[0].set_rng_state(saved[0])
+        local[0].set_rng_state(saved[0])
+        assert np.array_equal(remote[0].reset(), local[0].reset())
+        _same_step(remote[0].step(np.array([0.5], dtype=np.float32)), local[0].step(np.array([0.5], dtype=np.float32)))
+        for env in (remote[2], local[2]):
+            env.reseed(12345)
+        assert np.array_equal(remote[2].reset(), local[2].reset())
+        assert str(remote[2].rng_state()) == str(local[2].rng_state())
+        processes = [worker.process for worker in workers._workers]
+    assert all(process.poll() is not None for process in processes)  # ended and reaped, no zombie
+
+
+def test_pixel_worker_env_renders_the_same_frames():
+    name = "dmc-pixels:cartpole-balance"
+    local = make_env(name, seed=3)
+    with EnvWorkers(1) as workers:
+        (remote,) = workers.make_envs([(name, 3, False, 0)])
+        assert remote.spec.pixels and remote.spec == local.spec
+        assert np.array_equal(remote.reset(), local.reset())
+        for _ in range(3):
+            action = local.sample_action()
+            assert np.array_equal(action, remote.sample_action())
+            _same_step(remote.step(action), local.step(action))
+        assert np.array_equal(remote.render(32, 48), local.render(32, 48))
+        remote.close()
+        remote.close()  # twice is fine
+    local.close()
+
+
+def test_an_error_in_a_worker_is_the_same_uld_error():
+    with pytest.raises(UldError) as in_process:
+        make_env("gym:Pendulm-v1", seed=0)
+    with EnvWorkers(1) as workers:
+        with pytest.raises(UldError) as in_worker:
+            workers.make_envs([("gym:Pendulm-v1", 0, False, 0)])
+        assert str(in_worker.value) == str(in_process.value)
+        (env,) = workers.make_envs([(ENV, 0, False, 0)])  # the worker serves on after an error
+        env.reset()
+        with pytest.raises(RuntimeError, match="in flight"):
+            env.step_async(np.zeros(1, dtype=np.float32))
+            env.reset()
+        env.step_wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_worker_is_one_sentence_not_a_hang():
+    with EnvWorkers(2) as workers:
+        envs = workers.make_envs([(ENV, 0, False, 0), (ENV, 1, False, 1)])
+        reset_all(envs)
+        victim = workers._workers[1].process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        with pytest.raises(UldError, match=r"gym:Pendulum-v1 \(seed 1\) stopped \(killed by signal 9\)") as error:
+            step_all(envs, [np.zeros(1, dtype=np.float32)] * 2)
+        assert "\n" not in str(error.value)
+        assert envs[0].sample_action().shape == (1,)  # the other worker is unaffected
+        survivor = workers._workers[0].process
+    assert survivor.poll() is not None
+
+
+def test_workers_end_when_the_block_is_left_by_an_exception():
+    with pytest.raises(KeyboardInterrupt):
+        with EnvWorkers(2) as workers:
+            processes = [worker.process for worker in workers._workers]
+            env = workers.make_envs([(ENV, 0, False, 0)])[0]
+            env.reset_async()  # a call in flight does not keep a worker alive
+            raise KeyboardInterrupt
+    assert all(process.poll() is not None for process in processes)
+    assert isinstance(env, WorkerEnv)
+
+
+def test_worker_count():
+    assert env_worker_count(None, 5, pixels=False) == 0
+    assert env_worker_count(None, 1, pixels=True) == 0
+    assert 1 <= env_worker_count(None, 5, pixels=True) <= 5
+    assert env_worker_count(0, 5, pixels=True) == 0
+    assert env_worker_count(8, 3, pixels=False) == 3
+
+
+def _cli(out: Path, steps: int, workers: int) -> list[str]:
+    return ["train", "--env", ENV, "--seeds", "0-1", "--steps", str(steps), "--eval-every", "100",
+            "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out), "--small",
+            "--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
+            "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
+            "--uld.buffer-capacity", "5000", "--threads", "1", "--env-workers", str(workers)]
+
+
+def _same_runs(a_dirs: list[Path], b_dirs: list[Path]) -> None:
+    for a_dir, b_dir in zip(a_dirs, b_dirs, strict=True):
+        assert read_eval_csv(a_dir / "eval.csv") and [
+            (r["step"], r["returns"]) for r in read_eval_csv(a_dir / "eval.csv")] == [
+            (r["step"], r["returns"]) for r in read_eval_csv(b_dir / "eval.csv")]
+        (a, step_a), (b, step_b) = (Checkpointer(d / "checkpoints").load_latest() for d in (a_dir, b_dir))
+        assert step_a == step_b
+        flat_a, flat_b = _tensors(a), _tensors(b)
+        assert len(flat_a) == len(flat_b) > 0
+        assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
+        assert str(a["env"]) == str(b["env"]) and str(a["eval_env"]) == str(b["eval_env"])
+
+
+def test_uld_train_with_workers_equals_in_process(tmp_path):
+    assert main(_cli(tmp_path / "workers", 250, workers=2)) == 0
+    assert main(_cli(tmp_path / "in_process", 250, workers=0)) == 0
+    _same_runs([tmp_path / "in_process" / f"seed{k}" for k in (0, 1)],
+               [tmp_path / "workers" / f"seed{k}" for k in (0, 1)])
+
+
+def test_interrupted_workers_run_resumes_exactly(tmp_path):
+    """As tests/test_multi_seed.py's in-process test, the envs in workers: 150 steps (mid-episode), then the
+    same command for 300, with another worker count (it may change on resume), equals 300 steps in process."""
+    straight = train(_config(tmp_path / "straight", 300, eval_every=150, env_workers=0))
+    train(_config(tmp_path / "split", 150, eval_every=150, env_workers=2))
+    split = train(_config(tmp_path / "split", 300, eval_every=150, env_workers=1))
+    _same_runs(straight, split)
+
+
+def test_negative_env_workers_is_one_sentence(tmp_path, capsys):
+    assert main(_cli(tmp_path / "x", 10, workers=-1)) == 2
+    err = capsys.readouterr().err
+    assert "--env-workers must be a non-negative integer, got -1" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_to_the_process_group_checkpoints_and_the_same_command_resumes_exactly(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the workers, in a session of their own, keep
+    serving while uld saves every seed's checkpoint; running the command again equals a straight run."""
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "uld.cli", *_cli(tmp_path / "interrupted", 300, workers=2)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    eval_csv, deadline = tmp_path / "interrupted/seed1/eval.csv", time.time() + 300
+    while not (eval_csv.exists() and len(read_eval_csv(eval_csv)) >= 2):  # training has started
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "a checkpoint of every seed was saved" in stderr and "Traceback" not in stderr
+    assert 100 <= Checkpointer(tmp_path / "interrupted/seed1/checkpoints").load_latest()[1] < 300
+    assert main(_cli(tmp_path / "interrupted", 300, workers=2)) == 0
+    assert main(_cli(tmp_path / "straight", 300, workers=0)) == 0
+    _same_runs([tmp_path / "straight" / f"seed{k}" for k in (0, 1)],
+               [tmp_path / "interrupted" / f"seed{k}" for k in (0, 1)])
