@@ -65,7 +65,8 @@ def worker(args) -> dict:
         agent = ULDAgent(spec, config, device=args.device)
         buffers = [make_buffer(spec, config, seeds[0], args.device)]
     else:
-        agent = StackedULD(spec, config, seeds, device=args.device)
+        looped = {"auto": None, "vmap": False, "loop": True}[args.mapping]
+        agent = StackedULD(spec, config, seeds, device=args.device, looped=looped)
         buffers = make_buffers(spec, config, seeds, args.device)
     obs = reset_all(envs)
 
@@ -110,6 +111,7 @@ def _launch(args, seeds_in_process: int, first_seed: int, single: bool, threads:
                "--first-seed", str(first_seed), "--threads", str(threads), "--device", args.device, "--env", args.env,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--target-period", str(args.target_period)]
     command += ["--single"] if single else []
+    command += ["--mapping", args.mapping]
     command += ["--full"] if args.full else []
     command += ["--env-workers", str(env_workers)] if env_workers else []
     command += ["--buffer-capacity", str(args.buffer_capacity)] if args.buffer_capacity else []
@@ -138,6 +140,8 @@ def main() -> None:
                         help="training steps per target copy and encoder burst (spec: 250; smaller: the burst "
                              "falls inside a short timing)")
     parser.add_argument("--full", action="store_true", help="the published network sizes (default: reduced)")
+    parser.add_argument("--mapping", choices=("auto", "vmap", "loop"), default="auto",
+                        help="how the many-seed agent maps its seeds (auto: a loop for pixels on a CPU, else vmap)")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of the many-seed process (the single-seed ones get 1 each); more than one "
                              "on a loaded CPU oversubscribes the cores and slows matmuls tenfold")
@@ -169,7 +173,8 @@ def main() -> None:
         (stacked,) = _results([_launch(args, size, 0, single=False, threads=args.threads)])
         separate = _results([_launch(args, 1, seed, single=True, threads=1) for seed in range(size)])
         one = stacked["env_steps"] / (stacked["end"] - stacked["start"])
-        many = sum(r["env_steps"] for r in separate) / (max(r["end"] for r in separate) - min(r["start"] for r in separate))
+        span = max(r["end"] for r in separate) - min(r["start"] for r in separate)
+        many = sum(r["env_steps"] for r in separate) / span
         total = stacked["act"] + stacked["env"] + stacked["update"]
         print(f"| {size} | {one:.1f} | {many:.1f} | {one / many:.2f} | {100 * stacked['act'] / total:.0f} "
               f"| {100 * stacked['env'] / total:.0f} | {100 * stacked['update'] / total:.0f} "

@@ -64,10 +64,13 @@ def _grads(module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("spec", [VECTOR, PIXELS, DISCRETE, ATARI_LIKE],
-                         ids=["vector", "pixels", "discrete", "discrete-pixels"])
-def test_seed_k_update_equals_single_seed_update(spec):
-    stacked = StackedULD(spec, CONFIG, SEEDS)
+@pytest.mark.parametrize("spec,looped", [(VECTOR, False), (PIXELS, False), (DISCRETE, False), (ATARI_LIKE, False),
+                                         (VECTOR, True), (PIXELS, True), (ATARI_LIKE, True)],
+                         ids=["vector", "pixels", "discrete", "discrete-pixels", "vector-looped", "pixels-looped",
+                              "discrete-pixels-looped"])
+def test_seed_k_update_equals_single_seed_update(spec, looped):
+    """Mapped with vmap or seed after seed (the CPU's way for pixels), seed k updates as a single agent."""
+    stacked = StackedULD(spec, CONFIG, SEEDS, looped=looped)
     buffers = make_buffers(spec, CONFIG, SEEDS, "cpu")
     _fill(buffers, spec)
     stacked.reward_scale.copy_(torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64))
@@ -143,11 +146,12 @@ def test_seed_state_dict_is_a_single_seed_checkpoint_and_round_trips():
         assert torch.equal(value, other.params[key]), key
 
 
-def test_seeds_are_independent():
+@pytest.mark.parametrize("looped", [False, True], ids=["vmap", "looped"])
+def test_seeds_are_independent(looped):
     """Changing seed 1's replay contents changes seed 1's parameters and no other seed's."""
     results = []
     for offset in (0, 1000):
-        stacked = StackedULD(VECTOR, CONFIG, SEEDS)
+        stacked = StackedULD(VECTOR, CONFIG, SEEDS, looped=looped)
         buffers = make_buffers(VECTOR, CONFIG, SEEDS, "cpu")
         _fill(buffers[:1], VECTOR)
         _fill(buffers[1:2], VECTOR, seed_offset=offset)  # only seed 1's episodes differ between the runs
@@ -174,3 +178,8 @@ def test_discrete_acting_equals_single_seed_acting():
         assert single.act(obs[k], explore=False) == int(greedy[k])
         torch.set_rng_state(states[k])
         assert single.act(obs[k], explore=True) == int(exploring[k])
+
+
+def test_pixels_loop_over_seeds_on_a_cpu_and_vectors_are_batched():
+    assert StackedULD(PIXELS, CONFIG, SEEDS).looped and not StackedULD(VECTOR, CONFIG, SEEDS).looped
+    assert not StackedULD(PIXELS, CONFIG, SEEDS, looped=False).looped

@@ -129,15 +129,16 @@ def test_encoder_and_value_policy_updates_read_nothing_back_to_the_host(monkeypa
     assert (np.asarray(buffer.priority) != priority).sum() > 0  # the value updates wrote their priorities
 
 
-@pytest.mark.parametrize("spec", [VECTOR, PIXELS], ids=["vector", "pixels-discrete"])
-def test_many_seed_updates_read_nothing_back_to_the_host(monkeypatch, spec) -> None:
+@pytest.mark.parametrize("spec,looped", [(VECTOR, False), (PIXELS, False), (PIXELS, True)],
+                         ids=["vector", "pixels-discrete", "pixels-discrete-looped"])
+def test_many_seed_updates_read_nothing_back_to_the_host(monkeypatch, spec, looped) -> None:
     """The mapped updates of StackedULD (several seeds, one replay each) are sync-free too, so that the same
     CUDA graphs replay them."""
     from uld.agents.stacked import StackedULD
 
     config = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16, target_update_period=2,
                        buffer_capacity=200, random_steps=0)
-    agent = StackedULD(spec, config, [0, 1])
+    agent = StackedULD(spec, config, [0, 1], looped=looped)
     buffers = [_filled_buffer(spec, config), _filled_buffer(spec, config)]
     calls = _guard_updates(monkeypatch, agent)
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.utils._pytree import tree_map
 
 from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent, make_buffer
@@ -78,13 +79,18 @@ class StackedULD(UpdateSchedule):
     """
 
     def __init__(self, spec: EnvSpec, config: ULDConfig, seeds: list[int], device: str | torch.device = "cpu",
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, looped: bool | None = None):
         if not config.model_based_representation:
             raise UldError("training several seeds in one process needs --uld.model-based-representation "
                            "(the default); train that design-study variant one seed at a time (--seed)")
         self.spec, self.seeds = spec, list(seeds)
-        self.config = config.for_discrete() if spec.discrete else config
         self.device = torch.device(device)
+        # How the seeds are mapped: vmap (batched matmuls, grouped convolutions), or one seed after the other
+        # on its slice of the stacked tensors. On a CPU, grouped convolutions and their gradients are slower
+        # than S ordinary ones (a pixel update of two seeds took twice as long as two one-seed updates), so
+        # pixel encoders loop there; batched matmuls win for vectors (benchmarks/seeds.py, docs/seeds.md).
+        self.looped = (self.device.type == "cpu" and spec.pixels) if looped is None else looped
+        self.config = config.for_discrete() if spec.discrete else config
         agents = []
         for seed in self.seeds:  # each seed's initial weights are those of a single-seed agent with that seed
             torch.manual_seed(seed)
@@ -134,6 +140,13 @@ class StackedULD(UpdateSchedule):
         mapped over the leading seed axis of the tensors and of the inputs."""
         def seed_fn(trained, fixed, *inputs):
             return functional_call(self.networks, {**trained, **fixed}, (fn, *inputs))
+        if self.looped:
+            # One seed after the other on views of its slices (unbind's backward stacks the gradients).
+            tensors = {key: value.unbind(0) for key, value in {**trained, **fixed}.items()}
+            slices = [x.unbind(0) for x in inputs]
+            outputs = [seed_fn({key: value[k] for key, value in tensors.items()}, {}, *(x[k] for x in slices))
+                       for k in range(self.num_seeds)]
+            return tree_map(lambda *per_seed: torch.stack(per_seed), *outputs)
         return vmap(seed_fn)(trained, fixed, *inputs)
 
     @property
