@@ -82,20 +82,23 @@ def test_one_seed_is_a_single_seed_run(tmp_path):
     assert _returns(single) == _returns(one)
 
 
-@pytest.mark.parametrize("env", ["gym:Pendulum-v1", "gym:CartPole-v1"], ids=["continuous", "discrete"])
-def test_interrupted_mid_episode_resumes_exactly(tmp_path, env):
+@pytest.mark.parametrize("env,precision", [("gym:Pendulum-v1", "fp32"), ("gym:CartPole-v1", "fp32"),
+                                           ("gym:Pendulum-v1", "bf16")], ids=["continuous", "discrete", "bf16"])
+def test_interrupted_mid_episode_resumes_exactly(tmp_path, env, precision):
     """300 steps straight == 150 steps (mid-episode: Pendulum's are 200), then the same command for 300:
     the same evaluations and bitwise the same parameters, replay and priorities for every seed.
-    Discrete actions (CartPole) train in one process too, and resume as exactly."""
-    straight = train(_config(tmp_path / "straight", 300, eval_every=150, env=env))
-    split = train(_config(tmp_path / "split", 150, eval_every=150, env=env))
+    Discrete actions (CartPole) and bf16 train in one process too, and resume as exactly."""
+    straight = train(_config(tmp_path / "straight", 300, eval_every=150, env=env, precision=precision))
+    split = train(_config(tmp_path / "split", 150, eval_every=150, env=env, precision=precision))
     assert [Checkpointer(d / "checkpoints").load_latest()[1] for d in split] == [150, 150]
     if env == "gym:CartPole-v1":  # a seed's episode in progress is replayed from integer actions
         states = [Checkpointer(d / "checkpoints").load_latest()[0] for d in split]
         assert any(state["env"]["actions"] for state in states)
         assert all(not torch.as_tensor(a).is_floating_point() for state in states for a in state["env"]["actions"])
         assert all(state["agent"]["policy"]["mlp.l3.weight"].shape[0] == 2 for state in states)
-    split = train(_config(tmp_path / "split", 300, eval_every=150, env=env))
+    if precision == "bf16":  # each seed's run is a bf16 run, as uld eval and a --seed resume read it
+        assert all(json.loads((d / "config.json").read_text())["precision"] == "bf16" for d in split)
+    split = train(_config(tmp_path / "split", 300, eval_every=150, env=env, precision=precision))
     for a_dir, b_dir in zip(straight, split):
         assert _returns(a_dir) == _returns(b_dir)
         (a, step_a), (b, step_b) = (Checkpointer(d / "checkpoints").load_latest() for d in (a_dir, b_dir))
@@ -125,8 +128,9 @@ def test_options_of_single_seed_runs_only_are_refused(tmp_path):
     with pytest.raises(UldError, match="--seed and --seeds both name seeds"):
         train(_config(tmp_path / "both", 10, seed=5))
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "both").exists()
-    with pytest.raises(UldError, match="fp32 without --compile"):
-        train(_config(tmp_path / "bf16", 10, precision="bf16"))
+    with pytest.raises(UldError, match="with several --seeds the update runs uncompiled"):
+        train(_config(tmp_path / "compiled", 10, compile=True))
+    assert not (tmp_path / "compiled").exists()
     with pytest.raises(UldError, match="run the same uld train --seeds command again"):
         train(_config(tmp_path / "resume", 10, resume=str(tmp_path)))
 

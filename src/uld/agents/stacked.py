@@ -3,14 +3,16 @@
 The S seeds' parameters are stacked, (S, *shape) per tensor (``torch.func.stack_module_state``), and
 every forward and backward pass is the single-seed one (uld/agents/uld/update.py, with networks.py and
 losses.py) under ``torch.func.vmap``: a Linear becomes a batched matmul over seeds, a convolution a
-grouped one. Nothing of the algorithm is restated here, schedule included (update.UpdateSchedule); this
-module only decides what is per seed and how gradients reach the stacked tensors.
+grouped one. Or, `looped`, one seed after the other on views of its slices of the stacked tensors: on a
+CPU grouped convolutions are slower than S ordinary ones, and bf16 autocast does not reach inside vmap.
+Nothing of the algorithm is restated here, schedule included (update.UpdateSchedule); this module only
+decides what is per seed and how gradients reach the stacked tensors.
 
 Per seed, nothing is shared: weights and targets (stacked tensors), optimizer state (AdamW is
 elementwise, so one optimizer over the stacked tensors is S optimizers; the gradient-norm clip of the
 value networks is computed per seed), reward scales ((S,) tensors), the replay (one ReplayBuffer per
 seed, each with its own sampling generator, contents and priorities), and the noise of exploration,
-target policy smoothing and augmentation (one torch.Generator per seed, drawn outside the mapped
+target policy smoothing, Gumbel sampling and augmentation (one torch.Generator per seed, drawn outside the mapped
 functions in the order a single-seed ULDAgent draws from torch's global generator).
 
 Seed k of an S-seed agent starts from the weights a single-seed ULDAgent built with
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
+from uld.agents.common import autocast, check_precision
 from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
@@ -74,12 +77,13 @@ class StackedULD(UpdateSchedule):
 
     act(obs (S, *obs_shape), explore) -> actions (S, action_dim), or (S,) indices for discrete actions;
     update(buffers) takes one replay per seed and returns metrics as (S,) tensors. The update is
-    uld/agents/uld/update.py's, mapped over the seeds. The default representation learning and fp32
-    arithmetic only (others raise UldError).
+    uld/agents/uld/update.py's, mapped over the seeds (with vmap, or one seed after the other: `looped`,
+    the CPU's way for pixels and the only way for bf16). The default representation learning only (the
+    design-study variant without it raises UldError).
     """
 
     def __init__(self, spec: EnvSpec, config: ULDConfig, seeds: list[int], device: str | torch.device = "cpu",
-                 cuda_graphs: bool = True, looped: bool | None = None):
+                 cuda_graphs: bool = True, looped: bool | None = None, precision: str = "fp32"):
         if not config.model_based_representation:
             raise UldError("training several seeds in one process needs --uld.model-based-representation "
                            "(the default); train that design-study variant one seed at a time (--seed)")
@@ -90,6 +94,12 @@ class StackedULD(UpdateSchedule):
         # than S ordinary ones (a pixel update of two seeds took twice as long as two one-seed updates), so
         # pixel encoders loop there; batched matmuls win for vectors (benchmarks/seeds.py, docs/seeds.md).
         self.looped = (self.device.type == "cpu" and spec.pixels) if looped is None else looped
+        self.precision = check_precision(precision)
+        if self.precision == "bf16":
+            # bf16 autocast does not reach inside torch.func.vmap (the mapped matmuls would stay fp32).
+            if looped is False:
+                raise ValueError("bf16 needs the seeds mapped one after the other (looped), not vmap")
+            self.looped = True
         self.config = config.for_discrete() if spec.discrete else config
         agents = []
         for seed in self.seeds:  # each seed's initial weights are those of a single-seed agent with that seed
@@ -148,6 +158,15 @@ class StackedULD(UpdateSchedule):
                        for k in range(self.num_seeds)]
             return tree_map(lambda *per_seed: torch.stack(per_seed), *outputs)
         return vmap(seed_fn)(trained, fixed, *inputs)
+
+    def _autocast(self):
+        """bf16 autocast for one forward pass when asked for, as ULDAgent's (not cached inside CUDA graphs)."""
+        return autocast(self.device, self.precision, cache=self.graphs is None)
+
+    @property
+    def _draw_dtype(self) -> torch.dtype:
+        """The dtype of the noise added to the policy's output inside an update (ULDAgent._action_dtype)."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     @property
     def num_seeds(self) -> int:
@@ -229,17 +248,18 @@ class StackedULD(UpdateSchedule):
             batch = buffer.sample(cfg.batch_size, cfg.q_horizon)
             batches.append(batch)
             obs.append(prepare_obs(batch.obs[:, :: cfg.q_horizon], cfg, self.spec.pixels, generator))
-            target_gumbel = gumbel_noise(shape, self.device, generator) if self.spec.discrete else None
-            noise.append(torch.randn(shape, device=self.device, generator=generator))
+            dtype = self._draw_dtype
+            target_gumbel = gumbel_noise(shape, self.device, generator, dtype) if self.spec.discrete else None
+            noise.append(torch.randn(shape, device=self.device, generator=generator, dtype=dtype))
             if target_gumbel is not None:
-                gumbels.append((target_gumbel, gumbel_noise(shape, self.device, generator)))
+                gumbels.append((target_gumbel, gumbel_noise(shape, self.device, generator, dtype)))
         stacked_gumbels = tuple(torch.stack(draws) for draws in zip(*gumbels))
         return _stack_batches(batches), torch.stack(obs), torch.stack(noise), stacked_gumbels
 
     def update_encoder(self, batch: Batch, obs: Tensor, use_done: Tensor) -> dict[str, Tensor]:
         """One encoder step of every seed on the given inputs (update.encoder_step_loss, mapped)."""
         def loss(nets, *inputs):
-            return encoder_step_loss(nets, self.config, self.bins, *inputs)
+            return encoder_step_loss(nets, self.config, self.bins, *inputs, autocast=self._autocast)
 
         value, metrics = self._mapped(loss, self._subset("encoder"), self._fixed("encoder_target"), obs,
                                       batch.action, batch.reward, batch.terminated, use_done)
@@ -256,10 +276,11 @@ class StackedULD(UpdateSchedule):
 
         def value_loss(nets, obs, action, reward, terminated, noise, reward_scale, target_reward_scale, *gumbel):
             return value_step_loss(nets, cfg, obs, action, reward, terminated, noise, reward_scale, target_reward_scale,
-                                   discrete=self.spec.discrete, target_gumbel=gumbel[0] if gumbel else None)
+                                   discrete=self.spec.discrete, target_gumbel=gumbel[0] if gumbel else None,
+                                   autocast=self._autocast)
 
         def policy_loss(nets, zs, *gumbel):
-            return policy_step_loss(nets, cfg, zs, gumbel[0] if gumbel else None)
+            return policy_step_loss(nets, cfg, zs, gumbel[0] if gumbel else None, autocast=self._autocast)
 
         fixed = self._fixed("encoder", "encoder_target", "policy_target", "value_target")
         loss, (td_error, zs, metrics) = self._mapped(

@@ -290,11 +290,9 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     if config.resume is not None:
         raise UldError("--resume takes one seed's run directory; to continue a many-seed run, run the same "
                        "uld train --seeds command again")
-    if config.precision != "fp32" or config.compile:
-        # bf16 autocast does not reach inside torch.func.vmap (the mapped matmuls stay fp32), and compiling
-        # the mapped update is not supported: refused rather than silently run in another precision.
-        raise UldError("--seeds with more than one seed runs in fp32 without --compile; drop --precision bf16 "
-                       "and --compile, or train one seed at a time with --seed")
+    if config.compile:
+        raise UldError("--compile compiles one seed's update; with several --seeds the update runs uncompiled: "
+                       "drop --compile, or train one seed at a time with --seed")
     if config.wandb:
         raise UldError("--wandb logs one run; with several --seeds it is not supported yet: drop --wandb (each "
                        "seed's TensorBoard files are written as usual), or train one seed at a time with --seed")
@@ -343,7 +341,8 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         envs, eval_envs = make_seed_envs(configs, config.env_workers, closing)
         for _ in seeds:  # each seed has a replay of its own
             check_buffer_memory(cfg, envs[0].spec)
-        agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device, cuda_graphs=cfg.cuda_graphs)
+        agent = StackedULD(envs[0].spec, cfg.agent_config, seeds, device, cuda_graphs=cfg.cuda_graphs,
+                           precision=cfg.precision)
         buffers = make_buffers(envs[0].spec, cfg.agent_config, seeds, device)
         start_step = step or 0
         trainers = []
