@@ -272,6 +272,26 @@ class MultiSeedTrainer:
                 "again to continue", 128 + self.stop_signal)
 
 
+def several_seeds_refusal(config: TrainConfig) -> str | None:
+    """Why `config` cannot train several seeds in one process (one sentence), or None when it can.
+
+    uld train refuses such a --seeds command; uld sweep trains such runs one seed per process.
+    """
+    if config.agent != "uld":
+        return (f"--seeds with more than one seed trains ULD only; train {config.agent.upper()} one seed at a "
+                "time with --seed")
+    if not config.agent_config.model_based_representation:
+        return ("training several seeds in one process needs --uld.model-based-representation (the default); "
+                "train that design-study variant one seed at a time (--seed)")
+    if config.compile:
+        return ("--compile compiles one seed's update; with several --seeds the update runs uncompiled: drop "
+                "--compile, or train one seed at a time with --seed")
+    if config.wandb:
+        return ("--wandb logs one run; with several --seeds it is not supported yet: drop --wandb (each seed's "
+                "TensorBoard files are written as usual), or train one seed at a time with --seed")
+    return None
+
+
 def train_seeds(config: TrainConfig, seeds: list[int], *,
                 on_allocated: Callable[[], object] | None = None) -> list[Path]:
     """Train every seed of `seeds` in this process (ULD); return their run directories.
@@ -284,18 +304,12 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     from uld.train.run import _install_signal_handlers, move_aside, resolve_device, seed_everything
     from uld.train.validation import check_buffer_memory, check_config, check_out
 
-    if config.agent != "uld":
-        raise UldError(f"--seeds with more than one seed trains ULD only; train {config.agent.upper()} "
-                       "one seed at a time with --seed")
+    reason = several_seeds_refusal(config)
+    if reason is not None:
+        raise UldError(reason)
     if config.resume is not None:
         raise UldError("--resume takes one seed's run directory; to continue a many-seed run, run the same "
                        "uld train --seeds command again")
-    if config.compile:
-        raise UldError("--compile compiles one seed's update; with several --seeds the update runs uncompiled: "
-                       "drop --compile, or train one seed at a time with --seed")
-    if config.wandb:
-        raise UldError("--wandb logs one run; with several --seeds it is not supported yet: drop --wandb (each "
-                       "seed's TensorBoard files are written as usual), or train one seed at a time with --seed")
     if config.restart or config.trust_checkpoint:
         raise UldError("--restart and --trust-checkpoint act on one run directory; use them with --seed K on "
                        "the seed that needs them, then run the --seeds command again")
