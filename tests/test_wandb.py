@@ -117,6 +117,25 @@ def test_offline_run_holds_config_evaluations_and_metrics_and_resumes(tmp_path, 
     assert (out / "wandb_id").read_text().strip() == run_id
 
 
+def test_several_seeds_in_one_process_log_one_wandb_run_each(tmp_path, offline):
+    """uld train --seeds 1,4 --wandb: two W&B runs, each with its seed's config, its id kept in its seed's
+    directory and the evaluations of that seed's eval.csv."""
+    out = tmp_path / "runs"
+    run_dirs = train(TrainConfig(env="gym:Pendulum-v1", seeds="1,4", steps=200, eval_every=100, eval_episodes=1,
+                                 log_every=50, progress=False, out=str(out), uld=TINY, wandb=True,
+                                 wandb_project="uld-test"))
+    runs = [offline_run(offline, index) for index in range(2)]
+    by_id = {run["id"]: (run, history) for run, history in runs}
+    assert len(by_id) == 2
+    for seed, run_dir in zip((1, 4), run_dirs):
+        run, history = by_id[(run_dir / "wandb_id").read_text().strip()]
+        assert run["project"] == "uld-test" and run["config"]["seed"] == seed
+        assert run["config"]["out"] == str(run_dir) and run["config"]["seeds"] is None
+        evaluations = [(row["agent_step"], row["eval/mean_return"]) for row in history if "eval/mean_return" in row]
+        assert evaluations == [(row["step"], row["mean_return"]) for row in read_eval_csv(run_dir / "eval.csv")]
+        assert [row["agent_step"] for row in history if "critic/loss" in row] == [150, 200]
+
+
 def test_without_the_flag_wandb_is_not_imported(tmp_path):
     code = ("import sys; from uld.agents.uld.config import reduced_config; from uld.train.run import TrainConfig, train\n"
             f"train(TrainConfig(env='gym:Pendulum-v1', steps=120, eval_every=120, eval_episodes=1, progress=False, "

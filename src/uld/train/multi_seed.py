@@ -286,9 +286,6 @@ def several_seeds_refusal(config: TrainConfig) -> str | None:
     if config.compile:
         return ("--compile compiles one seed's update; with several --seeds the update runs uncompiled: drop "
                 "--compile, or train one seed at a time with --seed")
-    if config.wandb:
-        return ("--wandb logs one run; with several --seeds it is not supported yet: drop --wandb (each seed's "
-                "TensorBoard files are written as usual), or train one seed at a time with --seed")
     return None
 
 
@@ -363,8 +360,14 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         for k, (c, run_dir) in enumerate(zip(configs, run_dirs)):
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomically(run_dir / "config.json", (json.dumps(config_to_dict(c), indent=2) + "\n").encode())
+            sinks = []
+            if cfg.wandb:  # one W&B run per seed, as each seed's run directory is a single-seed run's
+                from uld.train.wandb_sink import WandbSink
+
+                sinks.append(WandbSink(run_dir, cfg.wandb_project, config_to_dict(c),
+                                       name=f"{c.agent} {c.env} seed {c.seed}", concurrent=True))
             logger = closing.enter_context(contextlib.closing(Logger(run_dir, cfg.steps, start_step=start_step,
-                                                                     progress=False)))
+                                                                     progress=False, sinks=sinks)))
             trainers.append(Trainer(envs[k], eval_envs[k], _SeedView(agent, k), buffers[k], logger,
                                     random_steps=cfg.agent_config.random_steps, eval_every=cfg.eval_every,
                                     eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,

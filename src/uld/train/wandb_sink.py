@@ -1,7 +1,8 @@
 """`uld train --wandb`: the scalars the Logger writes to TensorBoard, and the run's config, also go to
 Weights & Biases. wandb is imported only here, and only when the flag is given.
 
-A run directory keeps its W&B run id in ``wandb_id``, so a resumed run (the same command again, or
+Several seeds trained in one process (``uld train --seeds``) log to one W&B run per seed, each kept in
+its seed's directory. A run directory keeps its W&B run id in ``wandb_id``, so a resumed run (the same command again, or
 ``--resume DIR``) continues the same W&B run. Every value is logged against the agent step
 (``agent_step``), not W&B's own counter, which must only increase: a run resumed from a checkpoint
 re-logs the steps after it, and W&B keeps those points rather than refusing them.
@@ -23,7 +24,7 @@ STEP_METRIC = "agent_step"
 class WandbSink:
     """Forwards the Logger's scalars to one W&B run, resumed when the run directory already has one."""
 
-    def __init__(self, run_dir: str | Path, project: str, config: dict, name: str):
+    def __init__(self, run_dir: str | Path, project: str, config: dict, name: str, concurrent: bool = False):
         try:
             import wandb
         except ImportError as error:
@@ -35,8 +36,10 @@ class WandbSink:
         # W&B's files go beside the run's own, unless WANDB_DIR says where.
         directory = os.environ.get("WANDB_DIR") or str(run_dir)
         try:
+            # concurrent: several seeds in one process, one W&B run each, open at the same time.
             self.run = wandb.init(project=project, id=run_id, resume="allow", config=config, name=name,
-                                  dir=directory, settings=wandb.Settings(console="off", quiet=True))
+                                  dir=directory, settings=wandb.Settings(console="off", quiet=True),
+                                  reinit="create_new" if concurrent else "default")
         except wandb.Error as error:
             raise UldError(f"W&B could not start ({error}); run `wandb login`, or set WANDB_MODE=offline to "
                            "keep the W&B run on this machine") from error
