@@ -47,7 +47,7 @@ from uld.train.config import (
     read_run_config,
 )
 from uld.train.logger import Logger
-from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed
+from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed, rebuild_episodes
 
 MAX_SEEDS = 256
 """Seeds one process may train: each has two envs, a replay and a run directory of its own."""
@@ -179,7 +179,8 @@ class MultiSeedTrainer:
 
     def load_state_dicts(self, states: list[dict]) -> None:
         for trainer, state in zip(self.seeds, states):
-            trainer.load_state_dict(state)
+            trainer.load_state_dict(state, rebuild_episode=False)
+        rebuild_episodes(self.seeds, states)  # every seed's episode replayed at once (its envs may be in workers)
         views = [trainer.agent for trainer in self.seeds]
         assert all(isinstance(view, _SeedView) for view in views)
         self.agent.load_seed_state_dicts([view.loaded for view in views])  # type: ignore[attr-defined]

@@ -230,7 +230,8 @@ class Trainer:
             "logger": self.logger.state_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, rebuild_episode: bool = True) -> None:
+        """Restore the whole run; rebuild_episode=False leaves the envs to `rebuild_episodes` (several seeds at once)."""
         self.state = TrainerState(**state["trainer"])
         self.agent.load_state_dict(state["agent"])
         self.buffer.load_state_dict(state["buffer"])
@@ -242,20 +243,9 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        # Rebuild the episode in progress: reset from the RNG state it started with, replay its actions.
-        episode = state["env"]
-        self.env.set_rng_state(episode["episode_start"])
-        self._episode_start_rng = episode["episode_start"]
-        self.obs = self.env.reset()
-        self._episode_actions = []
-        for action in episode["actions"]:
-            action = action.numpy()
-            action = int(action) if self.env.spec.discrete else action
-            self.obs = self.env.step(action)[0]
-            self._episode_actions.append(action)
-        self.env.set_rng_state(episode["current"])
-        self.eval_env.set_rng_state(state["eval_env"])
         self.logger.load_state_dict(state["logger"])
+        if rebuild_episode:
+            rebuild_episodes([self], [state])
 
     def _check_finite(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         values = {name: float(value) for name, value in metrics.items()}
@@ -278,3 +268,32 @@ class Trainer:
 def _as_tuple(value):
     """Python's random state, which a checkpoint stores with lists, back to nested tuples."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def rebuild_episodes(trainers: list[Trainer], states: list[dict]) -> None:
+    """Rebuild each trainer's episode in progress from its checkpoint: reset its env from the RNG state the
+    episode started with, replay the episode's actions, then restore the envs' current RNG states.
+
+    The trainers' envs replay in lock-step, so envs in worker processes (uld/envs/workers.py) replay at
+    the same time: a resume of S pixel envs costs one episode's replay, not S of them.
+    """
+    from uld.envs.workers import reset_all, step_all
+
+    episodes = [state["env"] for state in states]
+    for trainer, episode in zip(trainers, episodes):
+        trainer.env.set_rng_state(episode["episode_start"])
+        trainer._episode_start_rng = episode["episode_start"]
+        trainer._episode_actions = []
+    for trainer, obs in zip(trainers, reset_all([trainer.env for trainer in trainers])):
+        trainer.obs = obs
+    actions = [[int(a) if t.env.spec.discrete else a for a in (np.asarray(action) for action in e["actions"])]
+               for t, e in zip(trainers, episodes)]
+    for i in range(max((len(a) for a in actions), default=0)):
+        active = [k for k, seed_actions in enumerate(actions) if i < len(seed_actions)]
+        results = step_all([trainers[k].env for k in active], [actions[k][i] for k in active])
+        for k, result in zip(active, results):
+            trainers[k].obs = result[0]
+            trainers[k]._episode_actions.append(actions[k][i])
+    for trainer, episode, state in zip(trainers, episodes, states):
+        trainer.env.set_rng_state(episode["current"])
+        trainer.eval_env.set_rng_state(state["eval_env"])
