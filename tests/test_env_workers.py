@@ -16,7 +16,7 @@ from uld.cli import main
 from uld.envs import make_env
 from uld.envs.workers import EnvWorkers, WorkerEnv, reset_all, step_all
 from uld.errors import UldError
-from uld.train.checkpoint import Checkpointer
+from uld.train.checkpoint import Checkpointer, to_storable
 from uld.train.config import TrainConfig
 from uld.train.logger import read_eval_csv
 from uld.train.multi_seed import env_worker_count
@@ -210,3 +210,21 @@ def test_ctrl_c_to_the_process_group_checkpoints_and_the_same_command_resumes_ex
     assert main(_cli(tmp_path / "straight", 300, workers=0)) == 0
     _same_runs([tmp_path / "straight" / f"seed{k}" for k in (0, 1)],
                [tmp_path / "interrupted" / f"seed{k}" for k in (0, 1)])
+
+
+def test_a_worker_env_takes_rng_state_as_a_checkpoint_loads_it(tmp_path):
+    """torch.load turns an env's numpy RNG arrays (DMC's MT19937 keys, ALE's state) into tensors; a worker
+    env takes them as the env in this process does (tensors must not travel as torch shared memory)."""
+    name = "dmc:cartpole-balance"
+    local = make_env(name, seed=3)
+    with EnvWorkers(1) as workers:
+        (remote,) = workers.make_envs([(name, 3, False, 0)])
+        state = remote.rng_state()
+        torch.save(to_storable(state), tmp_path / "rng.pt")
+        loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+        assert isinstance(loaded["task"]["keys"], torch.Tensor)
+        remote.set_rng_state(loaded)
+        local.set_rng_state(loaded)
+        assert np.array_equal(remote.reset(), local.reset())
+        assert str(remote.rng_state()) == str(local.rng_state())
+    local.close()

@@ -107,6 +107,21 @@ def _portable(error: Exception) -> Exception:
         return portable
 
 
+def _untensored(tree: Any) -> Any:
+    """`tree` with every torch tensor in it (a checkpoint's RNG arrays come back from torch.load as tensors) a
+    numpy array: the pipe's pickler would send a tensor as torch shared memory, which a worker cannot open."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return tree
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy(force=True)
+    if isinstance(tree, dict):
+        return {key: _untensored(value) for key, value in tree.items()}
+    if type(tree) in (list, tuple):
+        return type(tree)(_untensored(value) for value in tree)
+    return tree
+
+
 _BOOT = "import sys; sys.path[:0] = __import__('json').loads(sys.argv[2]); from uld.envs.workers import main; main()"
 """A worker's command: the parent's import path first (user modules named by env names import), then main."""
 
@@ -131,7 +146,7 @@ class _Worker:
 
     def send(self, slot: int, method: str, args: tuple, kwargs: dict | None = None) -> None:
         try:
-            self.conn.send((slot, method, args, kwargs or {}))
+            self.conn.send((slot, method, _untensored(args), _untensored(kwargs or {})))
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             raise self._died(slot) from None
         except (pickle.PicklingError, AttributeError, TypeError) as error:
