@@ -228,3 +228,24 @@ def test_a_worker_env_takes_rng_state_as_a_checkpoint_loads_it(tmp_path):
         assert np.array_equal(remote.reset(), local.reset())
         assert str(remote.rng_state()) == str(local.rng_state())
     local.close()
+
+
+def _factory_of_a_script(seed, evaluation):  # noqa: ARG001
+    return make_env(ENV, seed=seed)
+
+
+def test_a_factory_of_the_users_script_is_one_sentence_not_a_dead_worker(monkeypatch):
+    """A factory defined in the user's __main__ script pickles by reference in the parent but does not exist
+    in a worker (its __main__ is not the script): one sentence that says what to do, and the worker lives on
+    (the old answer, "the worker stopped ... run the same command again", could never succeed)."""
+    import sys
+
+    monkeypatch.setattr(_factory_of_a_script, "__module__", "__main__")
+    monkeypatch.setattr(_factory_of_a_script, "__qualname__", "uld_test_factory_of_a_script")
+    monkeypatch.setattr(sys.modules["__main__"], "uld_test_factory_of_a_script", _factory_of_a_script, raising=False)
+    with EnvWorkers(1) as workers:
+        with pytest.raises(UldError, match="cannot load .*python:<module>:<function>.*--env-workers 0"):
+            workers.make_envs([(_factory_of_a_script, 0, False, 0)])
+        assert workers._workers[0].process.poll() is None
+        (env,) = workers.make_envs([(ENV, 0, False, 0)])
+        assert env.reset().shape == env.spec.obs_shape
