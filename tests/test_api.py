@@ -42,3 +42,19 @@ def test_the_api_trains_loads_and_acts(tmp_path):
     (tmp_path / "many" / "seed2" / "config.json").write_text((run_dir / "config.json").read_text())
     with pytest.raises(UldError, match="holds the runs of several seeds .*seed2"):
         uld.load(tmp_path / "many")
+
+
+def test_act_names_an_observation_that_is_not_numbers():
+    """A ragged list, strings, objects or a non-finite value: one sentence, not a numpy or torch error."""
+
+    class Echo:
+        def act(self, obs, explore):  # noqa: ARG002
+            return np.asarray(obs, dtype=np.float32)[:1]
+
+    trained = TrainedAgent(agent=Echo(), config=TrainConfig(), step=0, obs_shape=(3,))
+    assert trained.act([0.0, 1, 2.0]).shape == (1,)
+    for bad, message in [([[1.0], [1.0, 2.0], [3.0]], "one observation of shape"),
+                         (np.array(["a", "b", "c"]), "numbers"), (np.array([None] * 3, dtype=object), "numbers"),
+                         (np.array([0.0, np.nan, 1.0], dtype=np.float32), "a finite observation")]:
+        with pytest.raises(UldError, match=message):
+            trained.act(bad)

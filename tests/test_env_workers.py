@@ -16,7 +16,7 @@ from uld.cli import main
 from uld.envs import make_env
 from uld.envs.workers import EnvWorkers, WorkerEnv, reset_all, step_all
 from uld.errors import UldError
-from uld.train.checkpoint import Checkpointer
+from uld.train.checkpoint import Checkpointer, to_storable
 from uld.train.config import TrainConfig
 from uld.train.logger import read_eval_csv
 from uld.train.multi_seed import env_worker_count
@@ -232,3 +232,42 @@ def test_a_resume_replays_every_seeds_episode_in_lock_step(tmp_path, monkeypatch
     monkeypatch.setattr(workers_module, "step_all", recording_step_all)
     train(TrainConfig(steps=151, **options))
     assert batches == [2] * 150  # 150 replayed steps, both seeds in each (the step after them is not recorded)
+
+
+def test_a_worker_env_takes_rng_state_as_a_checkpoint_loads_it(tmp_path):
+    """torch.load turns an env's numpy RNG arrays (DMC's MT19937 keys, ALE's state) into tensors; a worker
+    env takes them as the env in this process does (tensors must not travel as torch shared memory)."""
+    name = "dmc:cartpole-balance"
+    local = make_env(name, seed=3)
+    with EnvWorkers(1) as workers:
+        (remote,) = workers.make_envs([(name, 3, False, 0)])
+        state = remote.rng_state()
+        torch.save(to_storable(state), tmp_path / "rng.pt")
+        loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+        assert isinstance(loaded["task"]["keys"], torch.Tensor)
+        remote.set_rng_state(loaded)
+        local.set_rng_state(loaded)
+        assert np.array_equal(remote.reset(), local.reset())
+        assert str(remote.rng_state()) == str(local.rng_state())
+    local.close()
+
+
+def _factory_of_a_script(seed, evaluation):  # noqa: ARG001
+    return make_env(ENV, seed=seed)
+
+
+def test_a_factory_of_the_users_script_is_one_sentence_not_a_dead_worker(monkeypatch):
+    """A factory defined in the user's __main__ script pickles by reference in the parent but does not exist
+    in a worker (its __main__ is not the script): one sentence that says what to do, and the worker lives on
+    (the old answer, "the worker stopped ... run the same command again", could never succeed)."""
+    import sys
+
+    monkeypatch.setattr(_factory_of_a_script, "__module__", "__main__")
+    monkeypatch.setattr(_factory_of_a_script, "__qualname__", "uld_test_factory_of_a_script")
+    monkeypatch.setattr(sys.modules["__main__"], "uld_test_factory_of_a_script", _factory_of_a_script, raising=False)
+    with EnvWorkers(1) as workers:
+        with pytest.raises(UldError, match="cannot load .*python:<module>:<function>.*--env-workers 0"):
+            workers.make_envs([(_factory_of_a_script, 0, False, 0)])
+        assert workers._workers[0].process.poll() is None
+        (env,) = workers.make_envs([(ENV, 0, False, 0)])
+        assert env.reset().shape == env.spec.obs_shape

@@ -267,3 +267,16 @@ def test_render_returns_rgb_frames_with_egl() -> None:
         "(480, 480, 3) uint8",
     ]
     assert all(int(brightest) > 0 for _, brightest in lines)
+
+
+def test_a_gym_env_whose_dependency_is_missing_is_one_sentence(tmp_path, monkeypatch) -> None:
+    """As gym:LunarLander-v3 without Box2D: Gymnasium's DependencyNotInstalled (not an ImportError) while
+    uld looks at the entry point's render modes is Gymnasium's sentence, not a traceback."""
+    (tmp_path / "uld_test_needs_dep.py").write_text(
+        "from gymnasium.error import DependencyNotInstalled\n"
+        "raise DependencyNotInstalled('Frobnicator is not installed, you can install it by pip install frob')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(gymnasium.registry, "NeedsDep-v0", gymnasium.envs.registration.EnvSpec(
+        "NeedsDep-v0", entry_point="uld_test_needs_dep:Env", max_episode_steps=10))
+    with pytest.raises(UldError, match="gym:NeedsDep-v0 cannot be created here: Frobnicator is not installed"):
+        make_env("gym:NeedsDep-v0", seed=0)

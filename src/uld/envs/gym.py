@@ -171,10 +171,11 @@ def make_gym_env(env_id: str, seed: int) -> Env:
 def _renders_rgb(spec: gymnasium.envs.registration.EnvSpec) -> bool:
     """Whether the registered env declares rgb_array among its render modes."""
     from gymnasium.envs.registration import load_env_creator
+    from gymnasium.error import Error
 
     try:
         creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
-    except (ImportError, AttributeError, ValueError, TypeError):
+    except (ImportError, AttributeError, ValueError, TypeError, Error):  # Error: e.g. DependencyNotInstalled
         return True  # let gymnasium.make report what is wrong with the entry point
     return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", ())
 

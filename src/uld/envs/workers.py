@@ -58,7 +58,8 @@ def available_cores() -> int:
 def _serve(conn: Connection) -> None:
     """A worker's loop: make envs, then call their methods, one request at a time, until the pipe closes.
 
-    A request is (slot, method, args, kwargs); the answer is (slot, True, result) or (slot, False, error).
+    A request is (slot, method, payload), the payload (args, kwargs) pickled by the parent; the answer is
+    (slot, True, result) or (slot, False, error).
     """
     # A worker has a session of its own, so a terminal's Ctrl-C does not reach it; a signal sent to it anyway
     # is ignored too: the parent stops at its next step and checkpoints, which asks these envs for their RNG
@@ -71,10 +72,16 @@ def _serve(conn: Connection) -> None:
     try:
         while True:
             try:
-                slot, method, args, kwargs = conn.recv()
+                slot, method, payload = conn.recv()
             except (EOFError, OSError):
                 return
             try:
+                try:  # unpickled here, so that what cannot be loaded in a worker is an answer, not its death
+                    args, kwargs = pickle.loads(payload)
+                except Exception as error:  # noqa: BLE001 - e.g. a factory defined in the user's __main__ script
+                    raise UldError(f"an env worker cannot load the {method} request ({type(error).__name__}: "
+                                   f"{error}); define the env's factory in a module and name it "
+                                   "(python:<module>:<function>), or pass --env-workers 0") from None
                 if method == "make":
                     envs[slot] = make_env(*args)
                     result = envs[slot].spec
@@ -107,6 +114,21 @@ def _portable(error: Exception) -> Exception:
         return portable
 
 
+def _untensored(tree: Any) -> Any:
+    """`tree` with every torch tensor in it (a checkpoint's RNG arrays come back from torch.load as tensors) a
+    numpy array: the pipe's pickler would send a tensor as torch shared memory, which a worker cannot open."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return tree
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy(force=True)
+    if isinstance(tree, dict):
+        return {key: _untensored(value) for key, value in tree.items()}
+    if type(tree) in (list, tuple):
+        return type(tree)(_untensored(value) for value in tree)
+    return tree
+
+
 _BOOT = "import sys; sys.path[:0] = __import__('json').loads(sys.argv[2]); from uld.envs.workers import main; main()"
 """A worker's command: the parent's import path first (user modules named by env names import), then main."""
 
@@ -131,13 +153,15 @@ class _Worker:
 
     def send(self, slot: int, method: str, args: tuple, kwargs: dict | None = None) -> None:
         try:
-            self.conn.send((slot, method, args, kwargs or {}))
-        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-            raise self._died(slot) from None
+            payload = pickle.dumps((_untensored(args), _untensored(kwargs or {})), pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, AttributeError, TypeError) as error:
             raise UldError(f"{self.names.get(slot, args[0] if args else '?')} cannot be sent to an env worker "
                            f"({error}); name the env (e.g. python:<module>:<function>), or pass --env-workers 0"
                            ) from None
+        try:
+            self.conn.send((slot, method, payload))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            raise self._died(slot) from None
 
     def wait(self, slot: int) -> Any:
         """The answer to the one request of `slot` in flight; answers for other slots are kept for them."""

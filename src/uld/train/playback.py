@@ -34,10 +34,22 @@ class TrainedAgent:
 
     def act(self, obs: np.ndarray) -> np.ndarray | int:
         """The evaluation action for one observation (no exploration noise)."""
-        shape = tuple(np.shape(obs))
+        try:
+            shape: tuple | str = tuple(np.shape(obs))
+        except ValueError:  # a ragged nested list
+            shape = "a ragged sequence"
         if self.obs_shape is not None and shape != tuple(self.obs_shape):
             raise UldError(f"act takes one observation of shape {tuple(self.obs_shape)} (the run's env "
-                           f"{self.config.env}), got shape {shape}; pass one observation at a time")
+                           f"{self.config.env}), got {'shape ' if isinstance(shape, tuple) else ''}{shape}; "
+                           "pass one observation at a time")
+        if not isinstance(obs, torch.Tensor):
+            values = np.asarray(obs)
+            if values.dtype.kind not in "biuf":
+                raise UldError(f"act takes an observation of numbers, got an array of {values.dtype}; pass the "
+                               f"env's observation as it is (a numpy array of shape {shape})")
+            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                raise UldError("act takes a finite observation, got one with NaN or infinite values; check "
+                               "the env or the code that builds the observation")
         return self.agent.act(obs, explore=False)
 
 
