@@ -186,3 +186,49 @@ def test_sigint_checkpoints_every_seed_and_the_same_command_resumes_exactly(tmp_
         a, b = (Checkpointer(d / f"seed{seed}/checkpoints").load_latest()[0] for d in (straight, run))
         assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["policy"]), _tensors(b["agent"]["policy"])))
         assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["encoder"]), _tensors(b["agent"]["encoder"])))
+
+
+def _stop_during_evaluation(monkeypatch, call: int) -> None:
+    """SIGTERM to this process as the call-th many-seed evaluation (0: step 0's) starts."""
+    import os
+    import signal
+
+    import uld.train.multi_seed as multi_seed
+
+    real, calls = multi_seed.evaluate_seeds, [0]
+
+    def evaluate_seeds(agent, envs, episodes, stop=None):
+        calls[0] += 1
+        if calls[0] == call + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(agent, envs, episodes, stop)
+
+    monkeypatch.setattr(multi_seed, "evaluate_seeds", evaluate_seeds)
+
+
+@pytest.mark.parametrize("stopped_at", [0, 150, 300], ids=["first-evaluation", "midway", "last-evaluation"])
+def test_a_stop_during_an_evaluation_abandons_it_and_the_same_command_evaluates_first(tmp_path, monkeypatch,
+                                                                                      capsys, stopped_at):
+    """A stop request during the seeds' evaluation waits for one lock-step, not the whole evaluation: every
+    seed's checkpoint is saved with the evaluation still to do, and the same command evaluates first, giving
+    the straight run's results (also when the stop came during the last evaluation)."""
+    import signal
+
+    straight = train(_config(tmp_path / "straight", 300, eval_every=150))
+    _stop_during_evaluation(monkeypatch, call=stopped_at // 150)
+    with pytest.raises(UldError, match=f"interrupted during the evaluation at step {stopped_at}") as stopped:
+        train(_config(tmp_path / "run", 300, eval_every=150))
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    run_dirs = [tmp_path / "run" / f"seed{seed}" for seed in (1, 4)]
+    for run_dir in run_dirs:  # the abandoned evaluation left no row
+        assert [step for step, _ in _returns(run_dir)] == list(range(0, stopped_at, 150))
+        state, step = Checkpointer(run_dir / "checkpoints").load_latest()
+        assert step == stopped_at and state["trainer"]["evaluation_due"] is True
+    monkeypatch.undo()
+    capsys.readouterr()
+    train(_config(tmp_path / "run", 300, eval_every=150))
+    assert "already finished" not in capsys.readouterr().err
+    for a_dir, b_dir in zip(straight, run_dirs):
+        assert _returns(a_dir) == _returns(b_dir)
+    train(_config(tmp_path / "run", 300, eval_every=150))
+    assert "already finished 300 steps" in capsys.readouterr().err

@@ -93,14 +93,18 @@ def _common_step(checkpointers: list[Checkpointer]) -> int | None:
     return next((step for step in sorted(common, reverse=True) if all(c.verifies(step) for c in checkpointers)), None)
 
 
-def evaluate_seeds(agent: StackedULD, envs: list, episodes: int) -> list[list[float]]:
+def evaluate_seeds(agent: StackedULD, envs: list, episodes: int,
+                   stop: Callable[[], bool] | None = None) -> list[list[float]] | None:
     """`episodes` deterministic episodes on each seed's evaluation env, stepped in lock-step with one
     batched action per step (docs/algorithm.md, Protocols); a seed whose episodes are done waits for the others.
-    Envs in workers step, and reset, at the same time."""
+    Envs in workers step, and reset, at the same time. `stop` is called before every lock-step; when it
+    returns True the evaluation is abandoned and None returned (as trainer.evaluate does for one seed)."""
     returns: list[list[float]] = [[] for _ in envs]
     obs = reset_all(envs)
     totals = [0.0] * len(envs)
     while any(len(r) < episodes for r in returns):
+        if stop is not None and stop():
+            return None
         actions = agent.act(np.stack(obs), explore=False).numpy()
         active = [k for k in range(len(envs)) if len(returns[k]) < episodes]
         restart = []
@@ -188,13 +192,24 @@ class MultiSeedTrainer:
             view.loaded = None  # type: ignore[attr-defined]
 
     def _evaluate(self) -> None:
-        # Each seed's evaluation env draws from (its evaluation seed, step) alone, as in a single-seed run.
+        """Evaluate every seed at this step; a stop request abandons it, leaving each seed's evaluation_due set
+        (a resume evaluates first, as a single-seed run does)."""
         for trainer in self.seeds:
+            trainer._check_finite(trainer._metrics)
+            trainer.state.evaluation_due = True
+            # Each seed's evaluation env draws from (its evaluation seed, step) alone, as in a single-seed run.
             trainer.eval_env.reseed(evaluation_seed(trainer.eval_seed, trainer.state.step))
-        returns = evaluate_seeds(self.agent, [t.eval_env for t in self.seeds], self.eval_episodes)
+        returns = evaluate_seeds(self.agent, [t.eval_env for t in self.seeds], self.eval_episodes,
+                                 stop=lambda: self.stop_signal is not None)
+        if returns is None:
+            return
         for trainer, seed_returns in zip(self.seeds, returns):
             trainer.logger.evaluation(trainer.state.step, seed_returns, trainer._wall_seconds())
             trainer.state.evaluation_due = False
+
+    @property
+    def evaluation_due(self) -> bool:
+        return any(trainer.state.evaluation_due for trainer in self.seeds)
 
     def train(self, total_steps: int) -> None:
         """Run every seed to `total_steps` agent steps, evaluating and checkpointing all seeds together."""
@@ -202,9 +217,11 @@ class MultiSeedTrainer:
         for trainer in self.seeds:
             trainer._started = now
         self._last_checkpoint = now
-        if self.step == 0:
-            self._evaluate()
         _start_episodes([trainer for trainer in self.seeds if trainer.obs is None])
+        if self.evaluation_due:  # step 0's evaluation, or one a stop request abandoned
+            self._evaluate()
+            if self.step > 0 or self.stop_signal is not None:
+                self._maybe_checkpoint(final=self.step >= total_steps)
         while self.step < total_steps:
             started = time.perf_counter()
             if self.step < self.random_steps:
@@ -267,10 +284,21 @@ class MultiSeedTrainer:
             trainer._check_finite(trainer._metrics)
             trainer.checkpointer.save(trainer.state_dict(), self.step)
         self._last_checkpoint = time.perf_counter()
-        if self.stop_signal is not None:
+        if self.stop_signal is None or (final and not self.evaluation_due):
+            return  # a stop request that arrives once the run is complete has nothing left to stop
+        if self.evaluation_due:
             raise RunInterrupted(
-                f"interrupted at step {self.step}; a checkpoint of every seed was saved: run the same command "
-                "again to continue", 128 + self.stop_signal)
+                f"interrupted during the evaluation at step {self.step}; a checkpoint of every seed was saved: "
+                "run the same command again to evaluate and continue", 128 + self.stop_signal)
+        raise RunInterrupted(
+            f"interrupted at step {self.step}; a checkpoint of every seed was saved: run the same command "
+            "again to continue", 128 + self.stop_signal)
+
+
+def _evaluation_due(path: Path) -> bool:
+    """Whether the checkpoint at `path` was saved with its evaluation still to do (a stop abandoned it)."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    return bool(state.get("trainer", {}).get("evaluation_due", False))
 
 
 def several_seeds_refusal(config: TrainConfig) -> str | None:
@@ -343,7 +371,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
             if aside is not None:
                 print(f"uld: the earlier files of {run_dir} were moved into {aside}; starting the run over",
                       file=sys.stderr)
-    elif step >= cfg.steps:
+    elif step >= cfg.steps and not any(_evaluation_due(c.path(step)) for c in checkpointers):
         print(f"uld: the seeds' runs already finished {step} steps (asked for {cfg.steps}); nothing to do",
               file=sys.stderr)
         return run_dirs
