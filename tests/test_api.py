@@ -22,7 +22,8 @@ def test_import_uld_loads_neither_torch_nor_a_simulator():
 
 
 def test_the_api_trains_loads_and_acts(tmp_path):
-    assert uld.TrainConfig is TrainConfig and set(uld.__all__) >= {"train", "TrainConfig", "make_env", "load"}
+    assert uld.TrainConfig is TrainConfig and set(uld.__all__) >= {"train", "TrainConfig", "make_env", "load", "UldError"}
+    assert uld.UldError is UldError
     hints = typing.get_type_hints(uld.load, vars(uld) | {"TrainedAgent": TrainedAgent, "torch": __import__("torch")})
     assert hints["return"] is TrainedAgent
     run_dir = uld.train(uld.TrainConfig(agent="toy", env="gym:Pendulum-v1", steps=150, eval_every=150, eval_episodes=1,
@@ -38,9 +39,10 @@ def test_the_api_trains_loads_and_acts(tmp_path):
     with pytest.raises(UldError, match=r"one observation of shape \(3,\).*got shape \(4, 3\)"):
         trained.act(np.zeros((4, 3), dtype=np.float32))
     # The parent directory of a many-seed run names its seeds' directories.
-    (tmp_path / "many" / "seed2").mkdir(parents=True)
-    (tmp_path / "many" / "seed2" / "config.json").write_text((run_dir / "config.json").read_text())
-    with pytest.raises(UldError, match="holds the runs of several seeds .*seed2"):
+    for seed in (10, 2):
+        (tmp_path / "many" / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / "many" / f"seed{seed}" / "config.json").write_text((run_dir / "config.json").read_text())
+    with pytest.raises(UldError, match=r"holds the runs of several seeds \(seed2, seed10\).*many/seed2"):
         uld.load(tmp_path / "many")
 
 

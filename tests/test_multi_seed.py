@@ -78,8 +78,9 @@ def test_one_seed_is_a_single_seed_run(tmp_path):
     single = train(TrainConfig(env="gym:Pendulum-v1", seed=3, steps=200, eval_every=100, eval_episodes=1,
                                progress=False, out=str(tmp_path / "single"), uld=TINY))
     one = train(_config(tmp_path / "one", 200, seeds="3"))
-    assert one == tmp_path / "one"
+    assert one == tmp_path / "one" / "seed3"  # where any --seeds list writes seed 3
     assert _returns(single) == _returns(one)
+    assert json.loads((one / "config.json").read_text())["seed"] == 3
 
 
 @pytest.mark.parametrize("env,precision", [("gym:Pendulum-v1", "fp32"), ("gym:CartPole-v1", "fp32"),
@@ -232,3 +233,35 @@ def test_a_stop_during_an_evaluation_abandons_it_and_the_same_command_evaluates_
         assert _returns(a_dir) == _returns(b_dir)
     train(_config(tmp_path / "run", 300, eval_every=150))
     assert "already finished 300 steps" in capsys.readouterr().err
+
+
+def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, capsys):
+    """Seeds 1 and 4 trained together to 150; seed 4 then went on alone to 300. The --seeds command refuses
+    to take seed 4 back to 150 (its newer steps would be redone and overwritten) and changes nothing; the
+    other seed continues without it. A newer checkpoint the same seed list wrote is redone exactly (a stop
+    while every seed's checkpoint was being saved)."""
+    train(_config(tmp_path / "run", 150, eval_every=150))
+    seed4 = tmp_path / "run" / "seed4"
+    train(_config(seed4, 300, eval_every=150, seeds=None, seed=4))
+    files = {path: path.read_bytes() for path in seed4.rglob("*") if path.is_file()}
+    with pytest.raises(UldError, match=r"seed 4 went on alone to step 300, past step 150 .*--seeds 1\b"):
+        train(_config(tmp_path / "run", 300, eval_every=150))
+    assert {path: path.read_bytes() for path in seed4.rglob("*") if path.is_file()} == files
+    train(_config(tmp_path / "run", 300, eval_every=150, seeds="1"))
+    assert [step for step, _ in _returns(tmp_path / "run" / "seed1")] == [0, 150, 300]
+    # A seed added to the list of seeds that have trained: told to train apart, nothing written.
+    with pytest.raises(UldError, match=r"seed\(s\) 7 have not started .*\(--seeds 7\)"):
+        train(_config(tmp_path / "run", 300, eval_every=150, seeds="1,7"))
+    assert not (tmp_path / "run" / "seed7").exists()
+
+    # Both seeds' checkpoints of step 300 written together, then seed 1's removed (as if the process stopped
+    # between the two saves): the same command redoes step 300 from 150 for both.
+    straight = train(_config(tmp_path / "straight", 300, eval_every=150))
+    partial = train(_config(tmp_path / "partial", 150, eval_every=150))
+    train(_config(tmp_path / "partial", 300, eval_every=150))
+    checkpoints = Checkpointer(partial[0] / "checkpoints")
+    checkpoints.path(300).unlink()
+    checkpoints.path(300).with_suffix(".sha256").unlink()
+    train(_config(tmp_path / "partial", 300, eval_every=150))
+    for a_dir, b_dir in zip(straight, partial):
+        assert _returns(a_dir) == _returns(b_dir)

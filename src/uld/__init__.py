@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from uld.errors import UldError
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainConfig", "__version__", "load", "make_env", "train"]
+__all__ = ["TrainConfig", "UldError", "__version__", "load", "make_env", "train"]
 
 
 def make_env(name: str | EnvFactory, seed: int, evaluation: bool = False) -> Env:

@@ -198,7 +198,8 @@ def read_run_config(run_dir: str | Path) -> dict:
     """The config.json of a run directory as a dict; UldError when it is missing, not JSON, or unknown."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        seed_dirs = sorted(p.parent.name for p in Path(run_dir).glob("seed*/config.json"))
+        seed_dirs = sorted((p.parent.name for p in Path(run_dir).glob("seed*/config.json")),
+                           key=lambda name: (len(name), name))  # seed2 before seed10
         if seed_dirs:  # the parent directory of a many-seed run (uld train --seeds --out DIR)
             raise UldError(f"{run_dir} holds the runs of several seeds ({', '.join(seed_dirs[:5])}"
                            f"{', ...' if len(seed_dirs) > 5 else ''}), not one run; pass one seed's directory, "

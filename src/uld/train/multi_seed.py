@@ -49,6 +49,9 @@ from uld.train.config import (
 from uld.train.logger import Logger
 from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed, rebuild_episodes
 
+TOGETHER = "seeds_together"
+"""The key of a seed's checkpoint that lists the seeds trained with it in one process (absent: trained alone)."""
+
 MAX_SEEDS = 256
 """Seeds one process may train: each has two envs, a replay and a run directory of its own."""
 
@@ -282,7 +285,9 @@ class MultiSeedTrainer:
             return
         for trainer in self.seeds:  # every seed's checkpoint at this step, or none is counted on resume
             trainer._check_finite(trainer._metrics)
-            trainer.checkpointer.save(trainer.state_dict(), self.step)
+            state = trainer.state_dict()
+            state[TOGETHER] = list(self.agent.seeds)
+            trainer.checkpointer.save(state, self.step)
         self._last_checkpoint = time.perf_counter()
         if self.stop_signal is None or (final and not self.evaluation_due):
             return  # a stop request that arrives once the run is complete has nothing left to stop
@@ -293,6 +298,26 @@ class MultiSeedTrainer:
         raise RunInterrupted(
             f"interrupted at step {self.step}; a checkpoint of every seed was saved: run the same command "
             "again to continue", 128 + self.stop_signal)
+
+
+def _check_nothing_newer(seeds: list[int], checkpointers: list[Checkpointer], step: int) -> None:
+    """Refuse to go back to the seeds' common `step` when a seed has a newer checkpoint that this seed list did
+    not write together (the seed went on alone, or with other seeds): continuing together would redo its newer
+    steps and overwrite them. A newer checkpoint that this seed list wrote (the process stopped while it saved
+    every seed's) is redone exactly, so that is allowed."""
+    for seed, checkpointer in zip(seeds, checkpointers):
+        newest = checkpointer.verified_step()
+        if newest <= step:
+            continue
+        together = torch.load(checkpointer.path(newest), weights_only=True, map_location="cpu").get(TOGETHER)
+        if together == seeds:
+            continue
+        others = ",".join(str(s) for s in seeds if s != seed)
+        how = "alone" if together is None else f"with seeds {','.join(map(str, together))}"
+        raise UldError(f"seed {seed} went on {how} to step {newest}, past step {step} where the other seeds stand; "
+                       f"training them together again would redo and overwrite its newer steps, so nothing was "
+                       f"changed: continue the others without it (--seeds {others}), or seed {seed} on its own "
+                       f"(--seed {seed})")
 
 
 def _evaluation_due(path: Path) -> bool:
@@ -357,9 +382,16 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
                                "use another --out, or the run's own options to resume it")
     step = _common_step(checkpointers)
     if step is None and any(c.verified_step() for c in checkpointers):
+        fresh = [str(seed) for seed, c in zip(seeds, checkpointers) if not c.holds_files()]
+        if fresh:  # seeds added to a list whose other seeds have trained already
+            raise UldError(f"seed(s) {','.join(fresh)} have not started while the other seeds have checkpoints, so "
+                           f"they cannot train together; nothing was changed: train the new seeds on their own "
+                           f"(--seeds {','.join(fresh)}), and the others with their own list")
         steps = ", ".join(f"seed {seed}: {c.verified_step() or 'none'}" for seed, c in zip(seeds, checkpointers))
         raise UldError(f"the seeds have no verifying checkpoint at one common step ({steps}), so they cannot "
                        "continue together; finish each seed on its own with --seed K (and --out its directory)")
+    if step is not None:
+        _check_nothing_newer(seeds, checkpointers, step)
     if step is None:
         for checkpointer in checkpointers:
             if checkpointer.holds_files():

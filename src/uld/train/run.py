@@ -119,7 +119,10 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
         seeds = parse_seeds(config.seeds)
         if len(seeds) > 1:
             return train_seeds(config, seeds, on_allocated=on_allocated)
-        config = dataclasses.replace(config, seed=seeds[0], seeds=None)
+        # One seed is a single-seed run, written where --seeds writes each seed's (<out>/seed<k>), so that a list
+        # of one and a longer list never put a run inside another's directory.
+        out = str(Path(config.out) / f"seed{seeds[0]}") if config.out is not None else None
+        config = dataclasses.replace(config, seed=seeds[0], seeds=None, out=out)
     if config.resume is not None:
         stored = read_run_config(config.resume)
         given = set(explicit) if explicit is not None else _options_given(config)
