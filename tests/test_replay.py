@@ -493,3 +493,28 @@ def test_valid_starts_counts_and_sampled_windows_match_a_brute_force(
                 break
         else:
             assert len(steps) == h  # no terminal: all h steps are real data of one episode
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=40))
+def test_last_occurrence_names_the_last_position_of_each_value(values):
+    from uld.replay.buffer import _last_occurrence
+
+    expected = [max(j for j, other in enumerate(values) if other == value) for value in values]
+    assert _last_occurrence(torch.tensor(values)).tolist() == expected
+
+
+def test_priorities_of_a_huge_batch_with_repeats_are_written_in_linear_memory():
+    """A batch of 100,000 slots (repeats included): the last error of each slot wins, without a B x B table."""
+    buffer = ReplayBuffer((2,), 1, capacity=1000, horizon=1, seed=0)
+    for t in range(1000):
+        buffer.add(np.zeros(2, np.float32), np.zeros(1, np.float32), 0.0, np.zeros(2, np.float32), False,
+                   t % 100 == 99)
+    buffer.refresh()
+    index = torch.arange(100_000) % 997
+    td_error = torch.arange(100_000, dtype=torch.float32)
+    buffer.update_priorities(index, td_error)
+    slot = torch.arange(997)
+    last = slot + 997 * ((99_999 - slot) // 997)  # the last position that names each slot
+    expected = td_error[last].double().clamp(min=buffer.min_priority) ** buffer.alpha
+    assert torch.equal(buffer.priority[:997], expected)
