@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_multi_seed import _tensors
 from uld.agents.uld.config import reduced_config
 from uld.cli import main
 from uld.envs import make_env
@@ -32,16 +33,6 @@ def _config(out: Path, steps: int, **overrides) -> TrainConfig:
     options = dict(env=ENV, seeds="1,4", steps=steps, eval_every=100, eval_episodes=1, progress=False,
                    out=str(out), log_every=50, uld=TINY)
     return TrainConfig(**{**options, **overrides})
-
-
-def _tensors(tree) -> list[torch.Tensor]:
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
-    if isinstance(tree, (list, tuple)):
-        return [t for value in tree for t in _tensors(value)]
-    return []
 
 
 def _same_step(a: tuple, b: tuple) -> None:

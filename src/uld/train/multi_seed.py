@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -352,7 +351,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     whose checkpoints do not verify is refused; one interrupted before its first checkpoint has its
     files moved aside).
     """
-    from uld.train.run import _install_signal_handlers, move_aside, resolve_device, seed_everything
+    from uld.train.run import move_aside, resolve_device, seed_everything, train_until_stopped
     from uld.train.validation import check_buffer_memory, check_config, check_out
 
     reason = several_seeds_refusal(config)
@@ -451,10 +450,5 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         if on_allocated is not None:
             on_allocated()
 
-        previous = _install_signal_handlers(trainer)
-        try:
-            trainer.train(cfg.steps)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        train_until_stopped(trainer, cfg.steps)
     return run_dirs

@@ -55,11 +55,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _install_signal_handlers(trainer: Trainer) -> dict:
+def train_until_stopped(trainer, steps: int) -> None:
+    """trainer.train(steps), with SIGINT and SIGTERM turned into stop requests (the trainer checkpoints, then
+    raises RunInterrupted); the previous handlers come back however it ends. `trainer`: a Trainer, or the
+    many-seed trainer."""
     def request_stop(signum, frame):  # noqa: ARG001
         trainer.stop_signal = signum
 
-    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        trainer.train(steps)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _options_given(config: TrainConfig) -> set[str]:
@@ -213,12 +221,9 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
         del loaded
     if on_allocated is not None:
         on_allocated()
-    previous_handlers = _install_signal_handlers(trainer)
     try:
-        trainer.train(cfg.steps)
+        train_until_stopped(trainer, cfg.steps)
     finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
         logger.close()
         env.close()
         eval_env.close()
