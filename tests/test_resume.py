@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -270,26 +271,31 @@ def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(
     assert steps == sorted(set(steps)) and steps[-1] == step + 60  # no evaluation written twice
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def poison_rewards(monkeypatch, after: int) -> None:
+    """Make train() build real envs whose rewards become NaN after `after` steps, as a broken reward function
+    would; such an env also checks that no non-finite action ever reaches it."""
     import uld.train.run as run_module
 
     real_make_env = run_module.make_env
 
     class PoisonedRewards:
-        """A real env whose rewards become NaN after 250 steps, as a broken reward function would."""
-
         def __init__(self, env):
             self.env, self.spec, self.steps = env, env.spec, 0
 
         def step(self, action):
+            assert np.all(np.isfinite(action)), "a non-finite action reached the env"
             obs, reward, terminated, truncated, info = self.env.step(action)
             self.steps += 1
-            return obs, (float("nan") if self.steps > 250 else reward), terminated, truncated, info
+            return obs, (float("nan") if self.steps > after else reward), terminated, truncated, info
 
         def __getattr__(self, name):
             return getattr(self.env, name)
 
     monkeypatch.setattr(run_module, "make_env", lambda name, seed, **kw: PoisonedRewards(real_make_env(name, seed, **kw)))
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    poison_rewards(monkeypatch, after=250)
     # The first non-finite action is caught before the env sees it, whatever --log-every is: a few steps
     # after the first NaN reward (step 251) reaches a sampled batch, long before the next log step.
     with pytest.raises(UldError, match="diverged at step .*non-finite.*last good checkpoint is kept") as error:

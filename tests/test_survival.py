@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -395,24 +394,9 @@ def test_extending_a_finished_run_off_the_evaluation_grid_equals_a_straight_run(
 @pytest.mark.parametrize("env", ["gym:Pendulum-v1", "dmc:cartpole-balance"])
 def test_a_non_finite_action_stops_the_run_before_the_env_sees_it(tmp_path, monkeypatch, env):
     """Whatever --log-every: dm_control would end the run with a PhysicsError traceback."""
-    import uld.train.run as run_module
+    from test_resume import poison_rewards
 
-    real_make_env = run_module.make_env
-
-    class NanRewardsAfter150:
-        def __init__(self, inner):
-            self.inner, self.spec, self.steps = inner, inner.spec, 0
-
-        def step(self, action):
-            assert np.all(np.isfinite(action)), "a non-finite action reached the env"
-            obs, reward, terminated, truncated, info = self.inner.step(action)
-            self.steps += 1
-            return obs, (float("nan") if self.steps > 150 else reward), terminated, truncated, info
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    monkeypatch.setattr(run_module, "make_env", lambda name, seed, **kw: NanRewardsAfter150(real_make_env(name, seed, **kw)))
+    poison_rewards(monkeypatch, after=150)
     with pytest.raises(UldError, match=r"diverged at step 15\d: .*non-finite"):
         train(_config(tmp_path / "run", 600, env=env, log_every=10**6))
 
