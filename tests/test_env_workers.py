@@ -206,7 +206,7 @@ def test_ctrl_c_to_the_process_group_checkpoints_and_the_same_command_resumes_ex
 def test_a_resume_replays_every_seeds_episode_in_lock_step(tmp_path, monkeypatch):
     """The episodes in progress of all seeds are rebuilt together: each replay step goes to every seed's
     env at once (workers step them at the same time), not seed after seed."""
-    import uld.envs.workers as workers_module
+    import uld.train.trainer as trainer_module
     from uld.train.config import TrainConfig
     from uld.train.run import train
 
@@ -214,13 +214,13 @@ def test_a_resume_replays_every_seeds_episode_in_lock_step(tmp_path, monkeypatch
                    out=str(tmp_path / "run"), small=True, env_workers=0)
     train(TrainConfig(steps=150, **options))  # Pendulum's episodes are 200 steps: both seeds mid-episode
     batches = []
-    real_step_all = workers_module.step_all
+    real_step_all = trainer_module.step_all
 
     def recording_step_all(envs, actions):
         batches.append(len(envs))
         return real_step_all(envs, actions)
 
-    monkeypatch.setattr(workers_module, "step_all", recording_step_all)
+    monkeypatch.setattr(trainer_module, "step_all", recording_step_all)  # what rebuild_episodes steps with
     train(TrainConfig(steps=151, **options))
     assert batches == [2] * 150  # 150 replayed steps, both seeds in each (the step after them is not recorded)
 

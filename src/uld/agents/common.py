@@ -23,6 +23,12 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def output_dtype(precision: str) -> torch.dtype:
+    """The dtype a network's output has inside a loss's forward pass: bf16 under bf16 autocast. Noise added
+    to such an output is drawn in it, as torch.randn_like would draw it (bf16 and fp32 draws differ)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def autocast(device: torch.device, precision: str, cache: bool = True) -> torch.autocast:
     """bf16 autocast for a loss's forward pass when asked for (losses and optimizer states stay fp32).
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
-from uld.agents.common import autocast, check_precision
+from uld.agents.common import autocast, check_precision, output_dtype
 from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
@@ -164,11 +164,6 @@ class StackedULD(UpdateSchedule):
         return autocast(self.device, self.precision, cache=self.graphs is None)
 
     @property
-    def _draw_dtype(self) -> torch.dtype:
-        """The dtype of the noise added to the policy's output inside an update (ULDAgent._action_dtype)."""
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
-
-    @property
     def num_seeds(self) -> int:
         return len(self.seeds)
 
@@ -248,7 +243,7 @@ class StackedULD(UpdateSchedule):
             batch = buffer.sample(cfg.batch_size, cfg.q_horizon)
             batches.append(batch)
             obs.append(prepare_obs(batch.obs[:, :: cfg.q_horizon], cfg, self.spec.pixels, generator))
-            dtype = self._draw_dtype
+            dtype = output_dtype(self.precision)
             target_gumbel = gumbel_noise(shape, self.device, generator, dtype) if self.spec.discrete else None
             noise.append(torch.randn(shape, device=self.device, generator=generator, dtype=dtype))
             if target_gumbel is not None:

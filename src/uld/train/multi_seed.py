@@ -46,7 +46,7 @@ from uld.train.config import (
     read_run_config,
 )
 from uld.train.logger import Logger
-from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed, rebuild_episodes
+from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed, rebuild_episodes, start_episodes
 
 TOGETHER = "seeds_together"
 """The key of a seed's checkpoint that lists the seeds trained with it in one process (absent: trained alone)."""
@@ -124,15 +124,6 @@ def evaluate_seeds(agent: StackedULD, envs: list, episodes: int,
     return returns
 
 
-def _start_episodes(trainers: list[Trainer]) -> None:
-    """Trainer._reset for each of `trainers`, their envs resetting at the same time."""
-    for trainer in trainers:
-        trainer._episode_start_rng = trainer.env.rng_state()
-        trainer._episode_actions = []
-    for trainer, obs in zip(trainers, reset_all([t.env for t in trainers])):
-        trainer.obs = obs
-
-
 def env_worker_count(env_workers: int | None, seeds: int, pixels: bool) -> int:
     """Worker processes for the envs of `seeds` seeds: --env-workers, at most one per seed (a seed's training
     and evaluation envs never step at the same time, so they share one); by default one per seed up to one
@@ -178,6 +169,13 @@ class MultiSeedTrainer:
         self.log_every = first.log_every
         self.checkpoint_seconds, self.checkpoint_every = first.checkpoint_seconds, first.checkpoint_every
         self.env_seconds = self.update_seconds = 0.0  # how a step's time splits (benchmarks/seeds.py)
+        self._metrics: dict = {}  # the latest value of every metric, (S,) each
+
+    def _share_metrics(self) -> None:
+        """Give each seed's Trainer its slice of the latest metrics. They stay stacked between the points that
+        read them (logging, evaluation, checkpoints, a non-finite action), so a step slices nothing."""
+        for k, trainer in enumerate(self.seeds):
+            trainer._metrics.update({name: value[k] for name, value in self._metrics.items()})
 
     @property
     def step(self) -> int:
@@ -196,6 +194,7 @@ class MultiSeedTrainer:
     def _evaluate(self) -> None:
         """Evaluate every seed at this step; a stop request abandons it, leaving each seed's evaluation_due set
         (a resume evaluates first, as a single-seed run does)."""
+        self._share_metrics()
         for trainer in self.seeds:
             trainer._check_finite(trainer._metrics)
             trainer.state.evaluation_due = True
@@ -219,7 +218,7 @@ class MultiSeedTrainer:
         for trainer in self.seeds:
             trainer._started = now
         self._last_checkpoint = now
-        _start_episodes([trainer for trainer in self.seeds if trainer.obs is None])
+        start_episodes([trainer for trainer in self.seeds if trainer.obs is None])
         if self.evaluation_due:  # step 0's evaluation, or one a stop request abandoned
             self._evaluate()
             if self.step > 0 or self.stop_signal is not None:
@@ -234,6 +233,7 @@ class MultiSeedTrainer:
                     actions = [int(action) for action in actions]  # indices, as a single-seed run keeps them
                 for trainer, action in zip(self.seeds, actions):  # before any env sees a non-finite action
                     if not np.all(np.isfinite(action)):
+                        self._share_metrics()
                         trainer._check_finite(trainer._metrics)
                         trainer._diverged(["the policy's action"])
             done = []
@@ -252,10 +252,10 @@ class MultiSeedTrainer:
 
             step = self.step
             if step > self.random_steps and all(t.buffer.can_sample for t in self.seeds):
-                metrics = self.agent.update([t.buffer for t in self.seeds])
-                for k, trainer in enumerate(self.seeds):
-                    trainer._metrics.update({name: value[k] for name, value in metrics.items()})
-                    if step % self.log_every == 0:
+                self._metrics.update(self.agent.update([t.buffer for t in self.seeds]))
+                if step % self.log_every == 0:
+                    self._share_metrics()
+                    for trainer in self.seeds:
                         trainer._log_metrics(trainer._metrics)
             self.update_seconds += time.perf_counter() - stepped
 
@@ -265,7 +265,7 @@ class MultiSeedTrainer:
                 trainer.logger.episode(s.step, s.episode_return, s.episode_length)
                 s.episode += 1
                 s.episode_return, s.episode_length = 0.0, 0
-            _start_episodes(finished)
+            start_episodes(finished)
             if self.bar is not None:
                 self.bar.update(1)
                 if any(done):
@@ -282,6 +282,7 @@ class MultiSeedTrainer:
                or (self.checkpoint_every and self.step % self.checkpoint_every == 0))
         if not (final or due or self.stop_signal is not None):
             return
+        self._share_metrics()
         for trainer in self.seeds:  # every seed's checkpoint at this step, or none is counted on resume
             trainer._check_finite(trainer._metrics)
             state = trainer.state_dict()
@@ -305,8 +306,9 @@ def _check_nothing_newer(seeds: list[int], checkpointers: list[Checkpointer], st
     steps and overwrite them. A newer checkpoint that this seed list wrote (the process stopped while it saved
     every seed's) is redone exactly, so that is allowed."""
     for seed, checkpointer in zip(seeds, checkpointers):
-        newest = checkpointer.verified_step()
-        if newest <= step:
+        # Only checkpoints newer than `step` are hashed here (complete_steps is newest first); `step`'s were.
+        newest = next((s for s in checkpointer.complete_steps() if s > step and checkpointer.verifies(s)), None)
+        if newest is None:
             continue
         together = torch.load(checkpointer.path(newest), weights_only=True, map_location="cpu").get(TOGETHER)
         if together == seeds:
@@ -319,10 +321,15 @@ def _check_nothing_newer(seeds: list[int], checkpointers: list[Checkpointer], st
                        f"(--seed {seed})")
 
 
-def _evaluation_due(path: Path) -> bool:
-    """Whether the checkpoint at `path` was saved with its evaluation still to do (a stop abandoned it)."""
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    return bool(state.get("trainer", {}).get("evaluation_due", False))
+def _load_seed_state(checkpointer: Checkpointer, step: int) -> dict:
+    """A seed's run state at `step` (its checksum verified already), checked to be one."""
+    state = torch.load(checkpointer.path(step), weights_only=True, map_location="cpu")
+    try:
+        check_run_state(state, step)
+    except ValueError as error:
+        raise UldError(f"the checkpoint of step {step} in {checkpointer.directory} is not a run's state "
+                       f"({error}); continue that seed with --seed and --trust-checkpoint, or --restart") from None
+    return state
 
 
 def several_seeds_refusal(config: TrainConfig) -> str | None:
@@ -389,8 +396,10 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         steps = ", ".join(f"seed {seed}: {c.verified_step() or 'none'}" for seed, c in zip(seeds, checkpointers))
         raise UldError(f"the seeds have no verifying checkpoint at one common step ({steps}), so they cannot "
                        "continue together; finish each seed on its own with --seed K (and --out its directory)")
+    states = None
     if step is not None:
         _check_nothing_newer(seeds, checkpointers, step)
+        states = [_load_seed_state(c, step) for c in checkpointers]
     if step is None:
         for checkpointer in checkpointers:
             if checkpointer.holds_files():
@@ -402,7 +411,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
             if aside is not None:
                 print(f"uld: the earlier files of {run_dir} were moved into {aside}; starting the run over",
                       file=sys.stderr)
-    elif step >= cfg.steps and not any(_evaluation_due(c.path(step)) for c in checkpointers):
+    elif step >= cfg.steps and not any(state["trainer"].get("evaluation_due", False) for state in states):
         print(f"uld: the seeds' runs already finished {step} steps (asked for {cfg.steps}); nothing to do",
               file=sys.stderr)
         return run_dirs
@@ -437,16 +446,9 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
                    mininterval=1.0, desc=f"{len(seeds)} seeds")
         closing.callback(bar.close)
         trainer = MultiSeedTrainer(trainers, agent, bar)
-        if step is not None:
-            states = [torch.load(c.path(step), weights_only=True, map_location="cpu") for c in checkpointers]
-            for checkpointer, state in zip(checkpointers, states):
-                try:
-                    check_run_state(state, step)
-                except ValueError as error:
-                    raise UldError(f"the checkpoint of step {step} in {checkpointer.directory} is not a run's state "
-                                   f"({error}); continue that seed with --seed and --trust-checkpoint, or "
-                                   "--restart") from None
+        if states is not None:
             trainer.load_state_dicts(states)
+            del states
         if on_allocated is not None:
             on_allocated()
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from uld.envs.base import Env
+from uld.envs.workers import reset_all, step_all
 from uld.errors import UldError
 from uld.replay.buffer import ReplayBuffer
 from uld.train.checkpoint import Checkpointer
@@ -115,9 +116,7 @@ class Trainer:
         return action
 
     def _reset(self) -> None:
-        self._episode_start_rng = self.env.rng_state()
-        self._episode_actions = []
-        self.obs = self.env.reset()
+        start_episodes([self])
 
     def _evaluate(self) -> None:
         """Evaluate at this step; a stop request abandons it, leaving state.evaluation_due set."""
@@ -270,6 +269,16 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def start_episodes(trainers: list[Trainer]) -> None:
+    """Start a new episode in each trainer's env, remembering the RNG state it starts from (a checkpoint
+    rebuilds an episode from it); envs in worker processes (uld/envs/workers.py) reset at the same time."""
+    for trainer in trainers:
+        trainer._episode_start_rng = trainer.env.rng_state()
+        trainer._episode_actions = []
+    for trainer, obs in zip(trainers, reset_all([trainer.env for trainer in trainers])):
+        trainer.obs = obs
+
+
 def rebuild_episodes(trainers: list[Trainer], states: list[dict]) -> None:
     """Rebuild each trainer's episode in progress from its checkpoint: reset its env from the RNG state the
     episode started with, replay the episode's actions, then restore the envs' current RNG states.
@@ -277,8 +286,6 @@ def rebuild_episodes(trainers: list[Trainer], states: list[dict]) -> None:
     The trainers' envs replay in lock-step, so envs in worker processes (uld/envs/workers.py) replay at
     the same time: a resume of S pixel envs costs one episode's replay, not S of them.
     """
-    from uld.envs.workers import reset_all, step_all
-
     episodes = [state["env"] for state in states]
     for trainer, episode in zip(trainers, episodes):
         trainer.env.set_rng_state(episode["episode_start"])

@@ -6,7 +6,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from uld.agents.common import autocast, check_precision, frozen, load_parts_state_dict, parts_state_dict, target_copy
+from uld.agents.common import (
+    autocast,
+    check_precision,
+    frozen,
+    load_parts_state_dict,
+    output_dtype,
+    parts_state_dict,
+    target_copy,
+)
 from uld.agents.compile import compile_networks
 from uld.agents.uld import losses
 from uld.agents.uld.config import ULDConfig
@@ -135,24 +143,15 @@ class ULDAgent(UpdateSchedule):
     def _prepare_obs(self, obs: Tensor) -> Tensor:
         return prepare_obs(obs, self.config, self.spec.pixels)
 
-    def _gumbel(self) -> Tensor | None:
-        """The discrete policy's Gumbel draws for one batch (None for continuous actions)."""
-        return self._gumbel_for(self.config.batch_size)
-
-    def _gumbel_for(self, batch_size: int) -> Tensor | None:
+    def _gumbel(self, batch_size: int) -> Tensor | None:
+        """The discrete policy's Gumbel draws for a batch (None for continuous actions)."""
         if not self.spec.discrete:
             return None
-        return gumbel_noise((batch_size, self.spec.action_dim), self.device, dtype=self._action_dtype)
-
-    @property
-    def _action_dtype(self) -> torch.dtype:
-        """The dtype of the policy's output inside an update (bf16 under bf16 autocast): the noise added to it
-        is drawn in that dtype, as torch.randn_like would draw it (bf16 and fp32 draws differ)."""
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return gumbel_noise((batch_size, self.spec.action_dim), self.device, dtype=output_dtype(self.precision))
 
     def _target_action(self, zs_next: Tensor) -> Tensor:
-        gumbel = self._gumbel_for(zs_next.shape[0])
-        noise = torch.randn(zs_next.shape[0], self.spec.action_dim, device=self.device, dtype=self._action_dtype)
+        gumbel = self._gumbel(zs_next.shape[0])
+        noise = torch.randn(zs_next.shape[0], self.spec.action_dim, device=self.device, dtype=output_dtype(self.precision))
         return target_action(self.policy_target, zs_next, noise, self.config, self.spec.discrete, gumbel)
 
     def _update_encoder(self, buffer: ReplayBuffer) -> dict[str, Tensor]:
@@ -180,8 +179,8 @@ class ULDAgent(UpdateSchedule):
         cfg = self.config
         # Steps 0 and q_horizon of the q_horizon + 1 sampled, as a strided view rather than a copy.
         obs = self._prepare_obs(batch.obs[:, :: cfg.q_horizon])  # (2, B, ...)
-        gumbel = self._gumbel()  # the target policy's Gumbel draws, then its smoothing noise
-        noise = torch.randn(cfg.batch_size, self.spec.action_dim, device=self.device, dtype=self._action_dtype)
+        gumbel = self._gumbel(cfg.batch_size)  # the target policy's Gumbel draws, then its smoothing noise
+        noise = torch.randn(cfg.batch_size, self.spec.action_dim, device=self.device, dtype=output_dtype(self.precision))
         value_loss, (td_error, zs, metrics) = value_step_loss(
             self, cfg, obs, batch.action, batch.reward, batch.terminated, noise, self.reward_scale,
             self.target_reward_scale, discrete=self.spec.discrete, target_gumbel=gumbel,
@@ -198,7 +197,8 @@ class ULDAgent(UpdateSchedule):
         """The actor's update (docs/algorithm.md, Actor): its gradient flows through g and Q to the action
         only, so the encoder and the value are frozen rather than given weight gradients to discard."""
         with frozen(self.encoder, self.value):
-            policy_loss, metrics = policy_step_loss(self, self.config, zs, self._gumbel(), autocast=self._autocast)
+            policy_loss, metrics = policy_step_loss(self, self.config, zs, self._gumbel(self.config.batch_size),
+                                                    autocast=self._autocast)
             self.policy_optimizer.zero_grad(set_to_none=True)
             policy_loss.backward()
         self.policy_optimizer.step()
