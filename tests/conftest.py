@@ -7,3 +7,16 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def two_seed_straight_run(tmp_path_factory):
+    """tests/test_multi_seed.py's tiny two-seed run (seeds 1 and 4) straight to 300 steps, evaluated every 150:
+    trained once and only read by the tests of test_multi_seed.py and test_env_workers.py that compare with it."""
+    from test_multi_seed import _config
+    from uld.train.run import train
+
+    return train(_config(tmp_path_factory.mktemp("two_seed_straight") / "straight", 300, eval_every=150))

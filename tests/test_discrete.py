@@ -17,8 +17,9 @@ from uld.agents.uld.config import reduced_config
 from uld.envs import make_env
 from uld.envs.base import EnvSpec
 from uld.train.logger import Logger, read_eval_csv
+from uld.train.population import PerSeed, rng_state
 from uld.train.run import TrainConfig, train
-from uld.train.trainer import Trainer, evaluate
+from uld.train.trainer import SeedRun, Trainer, evaluate
 
 RANDOM_CARTPOLE_RETURN = 22.5
 """Mean return of uniformly random actions on CartPole-v1 (200 episodes, measured with sample_action)."""
@@ -52,7 +53,8 @@ def test_trainer_stores_discrete_actions_one_hot(tmp_path: Path) -> None:
     config = reduced_config(buffer_capacity=200, random_steps=40)
     agent, buffer = ULDAgent(env.spec, config), make_buffer(env.spec, config, seed=1)
     logger = Logger(tmp_path, 40, progress=False)
-    Trainer(env, eval_env, agent, buffer, logger, random_steps=40, eval_every=40, eval_episodes=1).train(40)
+    Trainer([SeedRun(1, env, eval_env, buffer, logger, eval_seed=101)], PerSeed([agent], [rng_state()]),
+            random_steps=40, eval_every=40, eval_episodes=1).train(40)
     logger.close()
     replay = make_env("gym:CartPole-v1", seed=1)
     expected = [replay.sample_action() for _ in range(40)]

@@ -162,10 +162,10 @@ def test_uld_train_with_workers_equals_in_process(tmp_path):
                [tmp_path / "workers" / f"seed{k}" for k in (0, 1)])
 
 
-def test_interrupted_workers_run_resumes_exactly(tmp_path):
+def test_interrupted_workers_run_resumes_exactly(tmp_path, two_seed_straight_run):
     """As tests/test_multi_seed.py's in-process test, the envs in workers: 150 steps (mid-episode), then the
     same command for 300, with another worker count (it may change on resume), equals 300 steps in process."""
-    straight = train(_config(tmp_path / "straight", 300, eval_every=150, env_workers=0))
+    straight = two_seed_straight_run  # its Pendulum envs step in this process (no workers for state envs)
     train(_config(tmp_path / "split", 150, eval_every=150, env_workers=2))
     split = train(_config(tmp_path / "split", 300, eval_every=150, env_workers=1))
     _same_runs(straight, split)
@@ -195,7 +195,7 @@ def test_ctrl_c_to_the_process_group_checkpoints_and_the_same_command_resumes_ex
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGINT, stderr
-    assert "a checkpoint of every seed was saved" in stderr and "Traceback" not in stderr
+    assert "a checkpoint was saved for every seed" in stderr and "Traceback" not in stderr
     assert 100 <= Checkpointer(tmp_path / "interrupted/seed1/checkpoints").load_latest()[1] < 300
     assert main(_cli(tmp_path / "interrupted", 300, workers=2)) == 0
     assert main(_cli(tmp_path / "straight", 300, workers=0)) == 0
@@ -207,8 +207,6 @@ def test_a_resume_replays_every_seeds_episode_in_lock_step(tmp_path, monkeypatch
     """The episodes in progress of all seeds are rebuilt together: each replay step goes to every seed's
     env at once (workers step them at the same time), not seed after seed."""
     import uld.train.trainer as trainer_module
-    from uld.train.config import TrainConfig
-    from uld.train.run import train
 
     options = dict(env="gym:Pendulum-v1", seeds="1,4", eval_every=150, eval_episodes=1, progress=False,
                    out=str(tmp_path / "run"), small=True, env_workers=0)

@@ -69,7 +69,7 @@ def test_each_seed_writes_a_single_seed_run_directory(tmp_path):
 def test_default_run_directories_are_the_single_seed_ones():
     from uld.train.multi_seed import seed_configs
 
-    configs = seed_configs(TrainConfig(env="dmc:walker-walk", seeds="0-2"), [0, 1, 2])
+    configs = seed_configs(TrainConfig(env="dmc:walker-walk", seeds="0-2"))
     assert [c.out for c in configs] == [str(Path("runs/uld/dmc_walker-walk") / f"seed{k}") for k in range(3)]
     assert [c.seed for c in configs] == [0, 1, 2] and configs[0].steps == 500_000
 
@@ -85,11 +85,14 @@ def test_one_seed_is_a_single_seed_run(tmp_path):
 
 @pytest.mark.parametrize("env,precision", [("gym:Pendulum-v1", "fp32"), ("gym:CartPole-v1", "fp32"),
                                            ("gym:Pendulum-v1", "bf16")], ids=["continuous", "discrete", "bf16"])
-def test_interrupted_mid_episode_resumes_exactly(tmp_path, env, precision):
+def test_interrupted_mid_episode_resumes_exactly(tmp_path, env, precision, two_seed_straight_run):
     """300 steps straight == 150 steps (mid-episode: Pendulum's are 200), then the same command for 300:
     the same evaluations and bitwise the same parameters, replay and priorities for every seed.
     Discrete actions (CartPole) and bf16 train in one process too, and resume as exactly."""
-    straight = train(_config(tmp_path / "straight", 300, eval_every=150, env=env, precision=precision))
+    if (env, precision) == ("gym:Pendulum-v1", "fp32"):
+        straight = two_seed_straight_run
+    else:
+        straight = train(_config(tmp_path / "straight", 300, eval_every=150, env=env, precision=precision))
     split = train(_config(tmp_path / "split", 150, eval_every=150, env=env, precision=precision))
     assert [Checkpointer(d / "checkpoints").load_latest()[1] for d in split] == [150, 150]
     if env == "gym:CartPole-v1":  # a seed's episode in progress is replayed from integer actions
@@ -123,25 +126,6 @@ def _tensors(tree) -> list[torch.Tensor]:
     return []
 
 
-def test_options_of_single_seed_runs_only_are_refused(tmp_path):
-    with pytest.raises(UldError, match="--seed and --seeds both name seeds"):
-        train(_config(tmp_path / "both", 10, seed=5))
-    assert not (tmp_path / "both").exists()
-    with pytest.raises(UldError, match="with several --seeds the update runs uncompiled"):
-        train(_config(tmp_path / "compiled", 10, compile=True))
-    assert not (tmp_path / "compiled").exists()
-    with pytest.raises(UldError, match="run the same uld train --seeds command again"):
-        train(_config(tmp_path / "resume", 10, resume=str(tmp_path)))
-
-
-def test_alm_with_several_seeds_is_one_sentence(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--agent", "alm", "--seeds", "0-2",
-                             "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "--seeds with more than one seed trains ULD only" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 @pytest.mark.slow  # 158 s on the 2-core machine, twice the single-seed learning test (87 s)
 def test_three_seeds_learn_pendulum_reduced_size(tmp_path):
     """3 seeds in one process each pass the single-seed learning test's bar (tests/test_train.py): the same
@@ -154,68 +138,33 @@ def test_three_seeds_learn_pendulum_reduced_size(tmp_path):
         assert max(row["mean_return"] for row in rows[-2:]) > -400, (run_dir.name, rows)
 
 
-def _cli(out: Path, steps: int) -> list[str]:
-    return [sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--seeds", "1,4", "--steps", str(steps),
-            "--eval-every", "100", "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out),
-            "--small", "--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
-            "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
-            "--uld.buffer-capacity", "5000", "--threads", "1"]
-
-
-def test_sigint_checkpoints_every_seed_and_the_same_command_resumes_exactly(tmp_path):
-    import signal
-    import time
-
-    straight = tmp_path / "straight"
-    subprocess.run(_cli(straight, 300), check=True, capture_output=True, timeout=600)
-    run = tmp_path / "interrupted"
-    process = subprocess.Popen(_cli(run, 300), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    # Interrupt once training has started: seed 4's evaluation at step 100 (after the random phase) exists.
-    while not ((run / "seed4/eval.csv").exists() and len(read_eval_csv(run / "seed4/eval.csv")) >= 2):
-        assert time.time() < deadline
-        time.sleep(0.005)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT, stderr
-    assert "a checkpoint of every seed was saved" in stderr and "Traceback" not in stderr
-    steps = [Checkpointer(run / f"seed{seed}/checkpoints").load_latest()[1] for seed in (1, 4)]
-    assert steps[0] == steps[1] and 100 <= steps[0] < 300
-    subprocess.run(_cli(run, 300), check=True, capture_output=True, timeout=600)
-    for seed in (1, 4):
-        assert _returns(straight / f"seed{seed}") == _returns(run / f"seed{seed}")
-        a, b = (Checkpointer(d / f"seed{seed}/checkpoints").load_latest()[0] for d in (straight, run))
-        assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["policy"]), _tensors(b["agent"]["policy"])))
-        assert all(torch.equal(x, y) for x, y in zip(_tensors(a["agent"]["encoder"]), _tensors(b["agent"]["encoder"])))
-
-
 def _stop_during_evaluation(monkeypatch, call: int) -> None:
     """SIGTERM to this process as the call-th many-seed evaluation (0: step 0's) starts."""
     import os
     import signal
 
-    import uld.train.multi_seed as multi_seed
+    import uld.train.trainer as trainer
 
-    real, calls = multi_seed.evaluate_seeds, [0]
+    real, calls = trainer.evaluate_seeds, [0]
 
-    def evaluate_seeds(agent, envs, episodes, stop=None):
+    def evaluate_seeds(agents, envs, episodes, stop=None):
         calls[0] += 1
         if calls[0] == call + 1:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(agent, envs, episodes, stop)
+        return real(agents, envs, episodes, stop)
 
-    monkeypatch.setattr(multi_seed, "evaluate_seeds", evaluate_seeds)
+    monkeypatch.setattr(trainer, "evaluate_seeds", evaluate_seeds)
 
 
 @pytest.mark.parametrize("stopped_at", [0, 150, 300], ids=["first-evaluation", "midway", "last-evaluation"])
-def test_a_stop_during_an_evaluation_abandons_it_and_the_same_command_evaluates_first(tmp_path, monkeypatch,
-                                                                                      capsys, stopped_at):
+def test_a_stop_during_an_evaluation_abandons_it_and_the_same_command_evaluates_first(tmp_path, monkeypatch, capsys,
+                                                                                      stopped_at, two_seed_straight_run):
     """A stop request during the seeds' evaluation waits for one lock-step, not the whole evaluation: every
     seed's checkpoint is saved with the evaluation still to do, and the same command evaluates first, giving
     the straight run's results (also when the stop came during the last evaluation)."""
     import signal
 
-    straight = train(_config(tmp_path / "straight", 300, eval_every=150))
+    straight = two_seed_straight_run
     _stop_during_evaluation(monkeypatch, call=stopped_at // 150)
     with pytest.raises(UldError, match=f"interrupted during the evaluation at step {stopped_at}") as stopped:
         train(_config(tmp_path / "run", 300, eval_every=150))
@@ -235,7 +184,7 @@ def test_a_stop_during_an_evaluation_abandons_it_and_the_same_command_evaluates_
     assert "already finished 300 steps" in capsys.readouterr().err
 
 
-def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, capsys):
+def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, two_seed_straight_run):
     """Seeds 1 and 4 trained together to 150; seed 4 then went on alone to 300. The --seeds command refuses
     to take seed 4 back to 150 (its newer steps would be redone and overwritten) and changes nothing; the
     other seed continues without it. A newer checkpoint the same seed list wrote is redone exactly (a stop
@@ -256,7 +205,7 @@ def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, 
 
     # Both seeds' checkpoints of step 300 written together, then seed 1's removed (as if the process stopped
     # between the two saves): the same command redoes step 300 from 150 for both.
-    straight = train(_config(tmp_path / "straight", 300, eval_every=150))
+    straight = two_seed_straight_run
     partial = train(_config(tmp_path / "partial", 150, eval_every=150))
     train(_config(tmp_path / "partial", 300, eval_every=150))
     checkpoints = Checkpointer(partial[0] / "checkpoints")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from uld.agents.uld.config import reduced_config
+from uld.cli import main
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
 from uld.train.config import TrainConfig, config_differences, config_to_dict, config_to_resume
@@ -48,7 +51,7 @@ def _assert_same_agent(a: dict, b: dict) -> None:
             assert torch.equal(tensor, b["agent"][name][key]), (name, key)
 
 
-@pytest.mark.parametrize("env", ["gym:Pendulum-v1", "dmc:cartpole-balance"])
+@pytest.mark.parametrize("env", ["dmc:cartpole-balance"])
 def test_half_then_resume_equals_straight(tmp_path, env):
     """N steps straight == 270 steps, stop, same command again for N: same eval.csv returns and parameters.
 
@@ -94,23 +97,6 @@ def test_resume_between_target_copies_restores_every_tensor_of_the_device_replay
             assert torch.equal(value, b["buffer"][key]), key
         else:
             assert value == b["buffer"][key], key
-
-
-def test_alm_half_then_resume_equals_straight(tmp_path):
-    """The same for ALM: its agent, its FIFO replay and its exploration schedule resume exactly."""
-    from uld.agents.alm.config import reduced_config as reduced_alm
-
-    alm = reduced_alm(batch_size=16, hidden_dim=32, model_hidden_dim=32, latent_dim=8, random_steps=100)
-    straight = train(_config(tmp_path / "straight", 400, agent="alm", alm=alm))
-    split = tmp_path / "split"
-    train(_config(split, 233, agent="alm", alm=alm))
-    train(_config(split, 400, agent="alm", alm=alm))
-    assert [row for row in _returns(split) if row[0] != 233] == _returns(straight)
-    (a, _), (b, _) = _final_state(straight), _final_state(split)
-    for name, module in a["agent"].items():
-        if isinstance(module, dict) and all(isinstance(v, torch.Tensor) for v in module.values()):
-            for key, tensor in module.items():
-                assert torch.equal(tensor, b["agent"][name][key]), (name, key)
 
 
 def test_options_added_after_a_run_started_agree_at_their_default():
@@ -224,22 +210,116 @@ def _wait_for(predicate, timeout: float) -> None:
         time.sleep(0.005)
 
 
-def test_sigint_saves_and_the_same_command_resumes_exactly(tmp_path):
-    straight = tmp_path / "straight"
-    subprocess.run(_cli(straight, 600), check=True, capture_output=True, timeout=600)
-    run = tmp_path / "interrupted"
-    process = subprocess.Popen(_cli(run, 600), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Interrupt once training has started (the first evaluations after the random phase exist).
-    _wait_for(lambda: (run / "eval.csv").exists() and len(read_eval_csv(run / "eval.csv")) >= 3, 300)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT
-    assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    step = _final_state(run)[1]
-    assert 200 <= step < 600
-    subprocess.run(_cli(run, 600), check=True, capture_output=True, timeout=600)
-    assert _returns(straight) == _returns(run)
-    _assert_same_agent(_final_state(straight)[0], _final_state(run)[0])
+# ---- stopped with SIGINT, resumed: S = 1 and S = 2 seeds, every way an agent holds its seeds ----------------
+
+ULD_TINY = ["--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
+            "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
+            "--uld.buffer-capacity", "5000"]
+AGENT_OPTIONS = {
+    "uld": ULD_TINY,  # S = 2: the stacked agent, which batches the seeds itself
+    "uld-per-seed": ULD_TINY,  # the registry's stacked builder removed: one ULDAgent per seed
+    "design-study": [*ULD_TINY, "--uld.no-model-based-representation"],  # one instance per seed
+    "alm": ["--agent", "alm", "--alm.batch-size", "16", "--alm.hidden-dim", "32", "--alm.model-hidden-dim", "32",
+            "--alm.latent-dim", "8", "--alm.random-steps", "100"],
+}
+CASES = [("uld", "4"), ("design-study", "4"), ("alm", "4"),
+         ("uld", "1,4"), ("uld-per-seed", "1,4"), ("design-study", "1,4"), ("alm", "1,4")]
+
+
+def _train_argv(out: Path, agent: str, seeds: str, steps: int) -> list[str]:
+    return ["train", "--env", "gym:Pendulum-v1", "--seeds", seeds, "--steps", str(steps), "--eval-every", "100",
+            "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out), "--small",
+            *AGENT_OPTIONS[agent]]
+
+
+@contextlib.contextmanager
+def _holding_seeds(agent: str):
+    """For "uld-per-seed": ULD registered without its stacked builder, as any agent that does not batch seeds."""
+    with pytest.MonkeyPatch.context() as patch:
+        if agent == "uld-per-seed":
+            from uld.agents import registry
+
+            patch.setitem(registry._registry(), "uld", dataclasses.replace(registry.get_agent("uld"), build_seeds=None))
+        yield
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    """(agent, seeds) -> the run directory of each seed of 250 steps straight, each trained once per module."""
+    runs: dict[tuple[str, str], list[Path]] = {}
+
+    def straight(agent: str, seeds: str) -> list[Path]:
+        if (agent, seeds) not in runs:
+            out = tmp_path_factory.mktemp("straight") / agent
+            with _holding_seeds(agent):
+                assert main(_train_argv(out, agent, seeds, 250)) == 0
+            runs[agent, seeds] = [out / f"seed{seed}" for seed in seeds.split(",")]
+        return runs[agent, seeds]
+
+    return straight
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Same evaluations and, bit for bit, the same checkpoint of the last step (wall time aside)."""
+    assert _returns(a) == _returns(b)
+    (state_a, step_a), (state_b, step_b) = _final_state(a), _final_state(b)
+    assert step_a == step_b
+    for key in ("agent", "buffer", "metrics", "rng", "env", "eval_env"):
+        flat_a, flat_b = _flatten(state_a[key]), _flatten(state_b[key])
+        assert len(flat_a) == len(flat_b) and all(_equal(x, y) for x, y in zip(flat_a, flat_b)), key
+
+
+def _flatten(tree) -> list:
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree, key=str) for leaf in _flatten(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for value in tree for leaf in _flatten(value)]
+    return [tree]
+
+
+def _equal(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.parametrize("agent,seeds", CASES, ids=[f"{agent}-S{len(seeds.split(','))}" for agent, seeds in CASES])
+def test_sigint_mid_episode_then_resume_dir_and_the_same_command_equal_a_straight_run(
+        tmp_path, monkeypatch, capsys, straight_runs, agent, seeds):
+    """A real SIGINT at step 150 (mid-episode: Pendulum's are 200 steps) saves every seed's checkpoint and exits
+    130; `--resume DIR` continues to 200, the same command again to 250: evaluations, agents, replays, metrics and
+    every generator equal the straight run's, for one seed and two, whichever way the agent holds its seeds."""
+    from uld.train.trainer import Trainer
+
+    expected = straight_runs(agent, seeds)
+    store = Trainer._store
+
+    def store_then_interrupt(self, seed, action, result):
+        done = store(self, seed, action, result)
+        if seed is self.seeds[-1] and seed.state.step == 150:
+            os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+    out = tmp_path / "run"
+    with _holding_seeds(agent):
+        monkeypatch.setattr(Trainer, "_store", store_then_interrupt)
+        assert main(_train_argv(out, agent, seeds, 250)) == 128 + signal.SIGINT
+        monkeypatch.undo()
+        err = capsys.readouterr().err
+        assert "interrupted at step 150; a checkpoint was saved" in err and "--resume" in err
+        run_dirs = [out / f"seed{seed}" for seed in seeds.split(",")]
+        assert [_final_state(d)[1] for d in run_dirs] == [150] * len(run_dirs)
+        resume_dir = out if "," in seeds else run_dirs[0]
+        assert main(["train", "--resume", str(resume_dir), "--steps", "200", "--no-progress"]) == 0
+        assert [_final_state(d)[1] for d in run_dirs] == [200] * len(run_dirs)
+        assert main(_train_argv(out, agent, seeds, 250)) == 0
+    for a, b in zip(expected, run_dirs):
+        _same_run(a, b)
+
+
+@pytest.mark.parametrize("agent", ["design-study", "alm", "uld-per-seed"])
+def test_seed_k_of_a_run_of_one_instance_per_seed_is_the_single_seed_run_of_seed_k(straight_runs, agent):
+    """Each instance draws from its own copy of the process's generators, in training and in evaluation
+    (ALM samples its latent when acting): seed 4 trained beside seed 1 is, bit for bit, seed 4 alone."""
+    _same_run(straight_runs(agent, "1,4")[1], straight_runs("uld" if agent == "uld-per-seed" else agent, "4")[0])
 
 
 def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(tmp_path):
@@ -274,7 +354,7 @@ def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(
 def poison_rewards(monkeypatch, after: int) -> None:
     """Make train() build real envs whose rewards become NaN after `after` steps, as a broken reward function
     would; such an env also checks that no non-finite action ever reaches it."""
-    import uld.train.run as run_module
+    import uld.train.multi_seed as run_module
 
     real_make_env = run_module.make_env
 

@@ -235,22 +235,3 @@ def test_group_runs_keeps_seeds_at_one_checkpoint_step_together(tmp_path):
     assert groups[0].argv == ("--env", "gym:Pendulum-v1", "--seeds", "0,1", "--out", str(tmp_path / "env"), "--small")
     assert groups[1].run_dirs == [str(tmp_path / "env/seed2"), str(tmp_path / "env/seed4")]
     assert group_runs([run(0), run(1)], 1) == [run(0), run(1)]
-
-
-def test_runs_that_cannot_share_a_process_train_one_seed_per_process(tmp_path, capsys):
-    """--seeds-per-process with a design-study variant that several seeds in one process cannot train: the
-    sweep says so once and keeps one seed per process instead of starting groups that would all fail."""
-    from uld.analysis.sweep import Run, _seeds_per_process
-    from uld.analysis.sweep.plan import SweepConfig
-
-    def runs(*options):
-        return [Run("gym:Pendulum-v1", seed, str(tmp_path / f"seed{seed}"), 100,
-                    ("--env", "gym:Pendulum-v1", "--seed", str(seed), "--out", str(tmp_path / f"seed{seed}"), *options))
-                for seed in range(4)]
-
-    config = SweepConfig(seeds="0-3", seeds_per_process=2)
-    assert _seeds_per_process(config, runs("--small")) == 2
-    assert capsys.readouterr().err == ""
-    assert _seeds_per_process(config, runs("--small", "--uld.no-model-based-representation")) == 1
-    assert "one seed per process for these runs: training several seeds in one process needs" in capsys.readouterr().err
-    assert _seeds_per_process(config, runs("--compile")) == 1

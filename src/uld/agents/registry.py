@@ -82,6 +82,13 @@ class AgentSpec:
     """Whether the agent handles pixel observations."""
     design_study: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Named variants for `uld sweep --design-study`: variant -> the config fields it changes."""
+    build_seeds: Callable[[EnvSpec, Any, BuildContext, list[int]], tuple[Any, list] | None] | None = None
+    """How a run of several seeds holds this agent. None: one instance per seed (made by `build`), stepped in
+    turn, which works for any agent. Else the agent batches the seeds itself: (env spec, config, context,
+    seeds) -> (one agent for all the seeds, one replay per seed), or None where this config or these seeds
+    are better served one instance per seed. Such an agent has act(obs (S, ...), explore) -> (S, ...) actions,
+    update(replays) -> (S,) metrics, a (S,) reward_scale, seed_state_dict(k) in `build`'s agent's state form
+    and load_seed_state_dicts(states). `stacked_uld` is this for any agent whose config is a ULDConfig."""
 
     def default_config(self, small: bool = False) -> Any:
         """The config a run starts from: the reduced-size one with ``small``."""
@@ -119,6 +126,20 @@ class AgentSpec:
             else:
                 args += [flag, str(value)]
         return args
+
+
+def stacked_uld(spec: EnvSpec, config: Any, context: BuildContext, seeds: list[int]) -> tuple[Any, list] | None:
+    """The seeds of a ULD-like agent (its config a ULDConfig) as one StackedULD (uld/agents/stacked.py), with one
+    replay per seed; None, for one instance per seed, for one seed (the single-seed agent stays the reference
+    and is faster alone), for the design-study variant without model-based representations, which the
+    stacked update does not map, and for --compile, which compiles each instance's update (docs/seeds.md)."""
+    if len(seeds) < 2 or not config.model_based_representation or context.compiled:
+        return None
+    from uld.agents.stacked import StackedULD, make_buffers
+
+    agent = StackedULD(spec, config, seeds, context.device, cuda_graphs=context.cuda_graphs,
+                       precision=context.precision)
+    return agent, make_buffers(spec, config, seeds, context.device)
 
 
 _AGENTS: dict[str, AgentSpec] = {}

@@ -27,8 +27,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of the run: networks, replay sampling, exploration and the training env (evaluation env: seed + 100)."""
     seeds: str | None = None
-    """Train several seeds in one process (ULD): 0-9, 0,3,5 or 0-2,7; each writes the run directory of a
-    single-seed run (<out>/seed<k> when --out is given). One seed is --seed."""
+    """Train several seeds in one process: 0-9, 0,3,5 or 0-2,7; each writes the run directory of a single-seed
+    run (<out>/seed<k> when --out is given). Any agent and option; one seed is also --seed."""
     steps: int | None = None
     """Agent steps to train (default: the budget of the agent's protocol for the env, e.g. ULD on Gym 1M, ALM 300k)."""
     eval_every: int | None = None
@@ -69,12 +69,15 @@ class TrainConfig:
     checkpoint_every: int | None = None
     """Also checkpoint every this many agent steps (default: by time only)."""
     resume: str | None = None
-    """Continue the run in this directory with its own config.json (only --steps, --device, --compile, --cuda-graphs,
-    --threads, --env-workers, --progress, the checkpoint cadence and W&B logging may change)."""
+    """Continue the run in this directory with its own config.json, or every seed of a --seeds run's directory
+    (only --steps, --device, --compile, --cuda-graphs, --threads, --env-workers, --progress, the checkpoint cadence
+    and W&B logging may change)."""
     restart: bool = False
-    """Start the run in --out over: its files are moved into <out>/restarted-<time>/ first (nothing is deleted)."""
+    """Start the run in --out over, with --seeds every seed's: its files are moved into <run>/restarted-<time>/ first
+    (nothing is deleted)."""
     trust_checkpoint: str | None = None
-    """Continue from this checkpoint file even though its checksum does not verify (it is still loaded weights-only)."""
+    """Continue from this checkpoint file even though its checksum does not verify (it is still loaded weights-only);
+    with --seeds, the seed whose checkpoint it is, the other seeds from their checkpoints of the same step."""
     agent_config: Any = None
     """The trained agent's hyperparameters, an instance of its registered config dataclass (default: its
     defaults, or its reduced-size config with small). Also readable as the attribute named by the agent
@@ -136,19 +139,6 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 TrainConfig.__init__ = _accept_agent_sections(TrainConfig.__init__)  # type: ignore[method-assign]
 
 
-def check_positive(config: TrainConfig) -> None:
-    for name in ("steps", "eval_every", "eval_episodes"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise UldError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    # The agent's sizes, horizons and periods too (a random phase may be empty).
-    agent_config = config.agent_config
-    for option in dataclasses.fields(agent_config):
-        value = getattr(agent_config, option.name)
-        if type(value) is int and option.name != "random_steps" and value <= 0:
-            raise UldError(f"--{config.agent}.{option.name.replace('_', '-')} must be a positive integer, got {value}")
-
-
 # Options that may change between the start of a run and its resumption; every other one is part of
 # what the run is, and a command that disagrees with the run directory on it is refused.
 RESUMABLE_CHANGES = ("steps", "out", "resume", "device", "compile", "cuda_graphs", "threads", "env_workers",
@@ -194,16 +184,25 @@ def config_from_dict(data: dict, source: str = "config.json") -> TrainConfig:
     return TrainConfig(**values)
 
 
+def seed_run_dirs(run_dir: str | Path) -> list[int]:
+    """The seeds whose run directories <run_dir>/seed<k> a many-seed run wrote (uld train --seeds --out
+    run_dir), in increasing order; [] when run_dir is one seed's run directory or holds none."""
+    if (Path(run_dir) / "config.json").is_file():
+        return []
+    names = [path.parent.name[4:] for path in Path(run_dir).glob("seed*/config.json")]
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def read_run_config(run_dir: str | Path) -> dict:
     """The config.json of a run directory as a dict; UldError when it is missing, not JSON, or unknown."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        seed_dirs = sorted((p.parent.name for p in Path(run_dir).glob("seed*/config.json")),
-                           key=lambda name: (len(name), name))  # seed2 before seed10
-        if seed_dirs:  # the parent directory of a many-seed run (uld train --seeds --out DIR)
-            raise UldError(f"{run_dir} holds the runs of several seeds ({', '.join(seed_dirs[:5])}"
-                           f"{', ...' if len(seed_dirs) > 5 else ''}), not one run; pass one seed's directory, "
-                           f"e.g. {Path(run_dir) / seed_dirs[0]}")
+        seeds = seed_run_dirs(run_dir)
+        if seeds:  # the parent directory of a many-seed run (uld train --seeds --out DIR)
+            names = [f"seed{seed}" for seed in seeds]
+            raise UldError(f"{run_dir} holds the runs of several seeds ({', '.join(names[:5])}"
+                           f"{', ...' if len(names) > 5 else ''}), not one run; pass one seed's directory, "
+                           f"e.g. {Path(run_dir) / names[0]}")
         raise UldError(f"{run_dir} is not a run directory (it has no config.json); pass the directory "
                        "that uld train wrote")
     try:
@@ -217,13 +216,24 @@ def read_run_config(run_dir: str | Path) -> dict:
     return data
 
 
+def resumed_config_source(resume: str | Path) -> Path:
+    """The run directory whose config.json a `--resume` of `resume` starts from: `resume` itself, or for a
+    many-seed run's directory its first seed's."""
+    seeds = seed_run_dirs(resume)
+    return Path(resume) / f"seed{seeds[0]}" if seeds else Path(resume)
+
+
 def config_to_resume(config: TrainConfig) -> TrainConfig:
     """For `--resume DIR`: the run's own config.json, with the options that may change on resumption
-    (RESUMABLE_CHANGES) taken from this command."""
-    base = config_from_dict(read_run_config(config.resume))
+    (RESUMABLE_CHANGES) taken from this command. DIR may be a many-seed run's directory (<DIR>/seed<k>):
+    then every seed found there is resumed, from the first one's options."""
+    base = config_from_dict(read_run_config(resumed_config_source(config.resume)))
     from_command = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name not in ("steps", "out", "resume")}
     if base.wandb and not config.wandb:  # a run that logged to W&B goes on logging to the same W&B run
         from_command.update(wandb=True, wandb_project=base.wandb_project)
+    seeds = seed_run_dirs(config.resume)
+    if seeds:
+        from_command.update(seeds=",".join(map(str, seeds)), seed=0)
     return dataclasses.replace(base, out=config.resume, steps=config.steps or base.steps, **from_command)
 
 

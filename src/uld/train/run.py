@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,21 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uld.agents import build_agent, get_agent
-from uld.envs import make_env
+from uld.agents.registry import AgentSpec, BuildContext, get_agent
+from uld.envs.base import EnvSpec
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
 from uld.train.config import (
     RESUMABLE_CHANGES,
     TrainConfig,
-    check_positive,
-    config_differences,
     config_to_dict,
     config_to_resume,
     read_run_config,
+    resumed_config_source,
 )
 from uld.train.logger import Logger
-from uld.train.trainer import Trainer
+from uld.train.multi_seed import make_seed_envs, seed_configs
+from uld.train.population import Batched, PerSeed, Seeds, rng_state
+from uld.train.resume import TOGETHER, SeedDir, resume_states, together
+from uld.train.trainer import SeedRun, Trainer
 from uld.train.validation import check_buffer_memory, check_config, check_out, resume_disagreements
 
 RUN_FILES = ("eval.csv", "config.json", "tb", "checkpoints", "wandb_id")
@@ -57,8 +60,7 @@ def seed_everything(seed: int) -> None:
 
 def train_until_stopped(trainer, steps: int) -> None:
     """trainer.train(steps), with SIGINT and SIGTERM turned into stop requests (the trainer checkpoints, then
-    raises RunInterrupted); the previous handlers come back however it ends. `trainer`: a Trainer, or the
-    many-seed trainer."""
+    raises RunInterrupted); the previous handlers come back however it ends."""
     def request_stop(signum, frame):  # noqa: ARG001
         trainer.stop_signal = signum
 
@@ -104,127 +106,122 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
           on_allocated: Callable[[], object] | None = None) -> Path | list[Path]:
     """Train as configured and return the run directory (with `seeds` naming several seeds: theirs).
 
-    A run directory that already holds a checkpoint of the same configuration is resumed: the result
-    is bitwise the same as an uninterrupted run on the same machine. ``config.env`` may be an env
-    factory. One that holds a run's files
-    but no checkpoint that verifies is refused, never overwritten: `restart` moves its files aside,
-    `trust_checkpoint` continues from a checkpoint whose checksum does not verify.
+    The one assembly of a run of S >= 1 seeds (`uld train` and ``uld.train(config)``): the options are
+    checked once, each seed's run directory is checked and started or resumed with the same rules
+    (train/resume.py), then the seeds' envs, agents, replays, loggers and checkpoints are made and handed to
+    the loop (train/trainer.py). A run directory that already holds a checkpoint of the same configuration
+    is resumed: the result is bitwise the same as an uninterrupted run on the same machine. ``config.env``
+    may be an env factory. One that holds a run's files but no checkpoint that verifies is refused, never
+    overwritten: `restart` moves its files aside, `trust_checkpoint` continues from a checkpoint whose
+    checksum does not verify.
 
     Args:
         config: the options of uld train.
-        explicit: with `config.resume`, the options the command gave (uld train passes those of its
-            command line); a given option that disagrees with the run is refused. None: those that
-            differ from their defaults.
-        on_allocated: called once the replay buffer and the loaded checkpoint exist. Process-wide
+        explicit: the options the command gave (uld train passes those of its command line): with
+            `config.resume`, a given option that disagrees with the run is refused; `seed` and `seeds`
+            together are refused. None: those that differ from their defaults.
+        on_allocated: called once the replay buffers and the loaded checkpoints exist. Process-wide
             settings (torch's thread count, the allocator) are left to the caller; `uld train` tunes
             glibc's malloc here (train/allocator.py).
     """
-    if config.seeds is not None and config.seed != 0:
-        raise UldError("--seed and --seeds both name seeds; pass one of them")
-    if config.seeds is not None:  # several seeds train in one process (train/multi_seed.py)
-        from uld.train.multi_seed import parse_seeds, train_seeds
+    given = set(explicit) if explicit is not None else _options_given(config)
+    configs = _seed_configs(config, given)
+    cfg = configs[0]
+    seeds = [c.seed for c in configs]
+    device = resolve_device(cfg.device)
+    dirs = [SeedDir(c.seed, Path(c.out), Checkpointer(Path(c.out) / "checkpoints", validate=check_run_state),
+                    config_to_dict(dataclasses.replace(c, restart=False, trust_checkpoint=None))) for c in configs]
+    states, start_step = resume_states(dirs, cfg.restart, cfg.trust_checkpoint)
+    run_dirs = [d.run_dir for d in dirs]
+    result: Path | list[Path] = run_dirs if len(run_dirs) > 1 else run_dirs[0]
+    if states is not None and start_step >= cfg.steps and not any(s["trainer"].get("evaluation_due") for s in states):
+        finished = run_dirs[0] if len(run_dirs) == 1 else f"the seeds' runs ({run_dirs[0].parent})"
+        print(f"uld: {finished} already finished {start_step} steps (asked for {cfg.steps}); nothing to do",
+              file=sys.stderr)
+        return result
 
-        seeds = parse_seeds(config.seeds)
-        if len(seeds) > 1:
-            return train_seeds(config, seeds, on_allocated=on_allocated)
-        # One seed is a single-seed run, written where --seeds writes each seed's (<out>/seed<k>), so that a list
-        # of one and a longer list never put a run inside another's directory.
-        out = str(Path(config.out) / f"seed{seeds[0]}") if config.out is not None else None
-        config = dataclasses.replace(config, seed=seeds[0], seeds=None, out=out)
+    with contextlib.ExitStack() as closing:  # envs, workers and loggers are closed on every way out
+        envs, eval_envs = make_seed_envs(configs, cfg.env_workers, closing)
+        agent_spec = get_agent(cfg.agent)
+        agent_spec.check_supports(envs[0].spec)  # before anything is moved or written
+        check_buffer_memory(cfg, envs[0].spec, replays=len(seeds))
+        for d in dirs:
+            aside = move_aside(d.run_dir) if states is None and d.run_dir.is_dir() else None
+            if aside is not None:
+                print(f"uld: the earlier files of {d.run_dir} were moved into {aside}; starting the run over",
+                      file=sys.stderr)
+            d.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(d.run_dir / "config.json", (json.dumps(d.config, indent=2) + "\n").encode())
+        agents, buffers = _make_agents(agent_spec, cfg, envs[0].spec, seeds, device)
+        tags = {TOGETHER: together(seeds)} if together(seeds) is not None else {}
+        runs = []
+        for k, (c, d) in enumerate(zip(configs, dirs)):
+            sinks = []
+            if cfg.wandb:  # one W&B run per seed, as each seed's run directory is a single-seed run's
+                from uld.train.wandb_sink import WandbSink
+
+                sinks.append(WandbSink(d.run_dir, cfg.wandb_project, d.config, name=f"{c.agent} {c.env} seed {c.seed}",
+                                       concurrent=len(seeds) > 1))
+            # The progress bar follows the first seed; the others' would overwrite it.
+            logger = closing.enter_context(contextlib.closing(Logger(
+                d.run_dir, cfg.steps, start_step=start_step or 0, progress=cfg.progress and k == 0, sinks=sinks)))
+            runs.append(SeedRun(c.seed, envs[k], eval_envs[k], buffers[k], logger, eval_seed=c.seed + 100,
+                                checkpointer=d.checkpointer, checkpoint_tags=tags))
+        trainer = Trainer(runs, agents, random_steps=cfg.agent_config.random_steps, eval_every=cfg.eval_every,
+                          eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
+                          checkpoint_seconds=60 * cfg.checkpoint_minutes, checkpoint_every=cfg.checkpoint_every,
+                          resume_hint=str(config.out or run_dirs[0].parent) if len(seeds) > 1 else str(run_dirs[0]))
+        if states is not None:
+            try:
+                trainer.load_state_dicts(states)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, UldError) as error:
+                where = ", ".join(str(d.checkpointer.directory) for d in dirs)
+                raise UldError(f"the checkpoint of step {start_step} in {where} does not fit this run ({error}); "
+                               "pass another with --trust-checkpoint, or --restart to start the run over") from None
+            del states
+        if on_allocated is not None:
+            on_allocated()
+        train_until_stopped(trainer, cfg.steps)
+    return result
+
+
+def _seed_configs(config: TrainConfig, given: set[str]) -> list[TrainConfig]:
+    """Each seed's resolved config, every option checked (once, here) before anything is made or written."""
+    if config.seeds is not None and "seed" in given:
+        raise UldError("--seed and --seeds both name seeds; pass one of them")
     if config.resume is not None:
-        stored = read_run_config(config.resume)
-        given = set(explicit) if explicit is not None else _options_given(config)
+        stored = read_run_config(resumed_config_source(config.resume))
         disagreements = resume_disagreements(stored, config, given, RESUMABLE_CHANGES)
         if disagreements:
             raise UldError(f"--resume {config.resume}: this command disagrees with the run on "
                            f"{'; '.join(disagreements)}; drop those options (a resumed run keeps its own), "
                            "or start a new run with another --out")
         config = config_to_resume(config)
-    check_positive(config)
-    cfg = config.resolved()
-    check_config(cfg)
-    check_out(cfg.out)
-    if cfg.restart and cfg.trust_checkpoint:
+    if config.restart and config.trust_checkpoint:
         raise UldError("--restart and --trust-checkpoint exclude each other; pass one of them")
-    device = resolve_device(cfg.device)
-    run_dir = Path(cfg.out)
-    checkpointer = Checkpointer(run_dir / "checkpoints", validate=check_run_state)
-    resolved = config_to_dict(dataclasses.replace(cfg, restart=False, trust_checkpoint=None))
-    start_over = cfg.restart
-    if cfg.restart:
-        loaded = None
-    elif cfg.trust_checkpoint:
-        loaded = checkpointer.load_trusted(cfg.trust_checkpoint)
-    else:
-        checkpointer.check_directory()
-        loaded = checkpointer.load_latest()
-        if loaded is None and checkpointer.holds_files():
-            newest = checkpointer.path(checkpointer.newest_step())
-            raise UldError(f"no checkpoint in {checkpointer.directory} verifies, and starting over would overwrite "
-                           f"the run's results; nothing was changed: continue from one you trust with "
-                           f"--trust-checkpoint {newest}, or pass --restart to move the run's files into "
-                           f"{run_dir}/restarted-<time>/ and start over")
-        # Interrupted before its first checkpoint: nothing can be resumed, so it starts over (its
-        # files are moved aside all the same).
-        start_over = loaded is None
-    stored = None
-    if loaded is not None:
-        if not (run_dir / "config.json").is_file() and not cfg.trust_checkpoint:
-            raise UldError(f"{run_dir} holds checkpoints but no config.json, so this command cannot be checked "
-                           f"against the run; restore it, or continue with the run's options and --trust-checkpoint "
-                           f"{checkpointer.path(loaded[1])}, which writes it again")
-        try:
-            stored = read_run_config(run_dir)
-        except UldError:
-            if not cfg.trust_checkpoint:
-                raise
-    if stored is not None:
-        differences = config_differences(stored, resolved)
-        if differences:
-            raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
-                           "use another --out, or the run's own options to resume it")
-    if loaded is not None and loaded[1] >= cfg.steps and not loaded[0]["trainer"].get("evaluation_due", False):
-        print(f"uld: {run_dir} already finished {loaded[1]} steps (asked for {cfg.steps}); nothing to do",
-              file=sys.stderr)
-        return run_dir
+    configs = seed_configs(config)
+    for c in configs:
+        check_config(c)
+        check_out(c.out)
+    return configs
 
-    env, eval_env = make_env(cfg.env, seed=cfg.seed), make_env(cfg.env, seed=cfg.seed + 100, evaluation=True)
-    get_agent(cfg.agent).check_supports(env.spec)  # before anything is moved or written
-    check_buffer_memory(cfg, env.spec)
-    aside = move_aside(run_dir) if start_over and run_dir.is_dir() else None
-    if aside is not None:
-        print(f"uld: the earlier files of {run_dir} were moved into {aside}; starting the run over", file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
-    seed_everything(cfg.seed)
-    agent_config = cfg.agent_config
-    agent, buffer = build_agent(cfg.agent, env.spec, agent_config, device=device, precision=cfg.precision,
-                                seed=cfg.seed, total_steps=cfg.steps, compiled=cfg.compile,
-                                cuda_graphs=cfg.cuda_graphs)
-    start_step = loaded[1] if loaded is not None else 0
-    sinks = []
-    if cfg.wandb:
-        from uld.train.wandb_sink import WandbSink
 
-        sinks.append(WandbSink(run_dir, cfg.wandb_project, resolved, name=f"{cfg.agent} {cfg.env} seed {cfg.seed}"))
-    logger = Logger(run_dir, cfg.steps, start_step=start_step, progress=cfg.progress, sinks=sinks)
-    trainer = Trainer(env, eval_env, agent, buffer, logger, random_steps=agent_config.random_steps,
-                      eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes, log_every=cfg.log_every,
-                      checkpointer=checkpointer, checkpoint_seconds=60 * cfg.checkpoint_minutes,
-                      checkpoint_every=cfg.checkpoint_every, eval_seed=cfg.seed + 100)
-    if loaded is not None:
-        try:
-            trainer.load_state_dict(loaded[0])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            raise UldError(f"the checkpoint of step {loaded[1]} in {run_dir} does not fit this run ({error}); "
-                           "pass another with --trust-checkpoint, or --restart to start the run over") from None
-        del loaded
-    if on_allocated is not None:
-        on_allocated()
-    try:
-        train_until_stopped(trainer, cfg.steps)
-    finally:
-        logger.close()
-        env.close()
-        eval_env.close()
-    return run_dir
+def _make_agents(agent: AgentSpec, cfg: TrainConfig, spec: EnvSpec, seeds: list[int],
+                 device: torch.device) -> tuple[Seeds, list]:
+    """The seeds' agents and replays: one agent batching every seed where the agent offers it for this config
+    (AgentSpec.build_seeds), else one instance per seed, each built after seeding the process with its seed
+    as a single-seed run is."""
+    context = BuildContext(device=device, precision=cfg.precision, seed=seeds[0], total_steps=cfg.steps,
+                           compiled=cfg.compile, cuda_graphs=cfg.cuda_graphs)
+    seed_everything(seeds[0])
+    batched = agent.build_seeds(spec, cfg.agent_config, context, seeds) if agent.build_seeds is not None else None
+    if batched is not None:
+        return Batched(batched[0]), batched[1]
+    instances, buffers, rngs = [], [], []
+    for seed in seeds:
+        seed_everything(seed)
+        instance, buffer = agent.build(spec, cfg.agent_config, dataclasses.replace(context, seed=seed))
+        instances.append(instance)
+        buffers.append(buffer)
+        rngs.append(rng_state())
+    return PerSeed(instances, rngs), buffers

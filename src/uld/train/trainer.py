@@ -1,16 +1,22 @@
-"""The training loop: collect with the agent, store, update, evaluate. It knows nothing about losses."""
+"""The training loop of S >= 1 seeds: act, step, store, update, evaluate, checkpoint. It knows nothing about losses.
+
+A run of one seed is the loop with S = 1. Each seed has its envs, replay, logger, checkpoints and episode
+bookkeeping (`SeedRun`); the seeds' agents are one `Seeds` object (train/population.py), which acts for
+every seed at once, whether the agent batches the seeds itself or the run holds one instance per seed.
+The envs step in lock-step, in worker processes where that pays (uld/envs/workers.py), and their episodes
+end independently. Divergence checks, logging, evaluation, checkpoint cadence and stop requests each live
+in one method here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from uld.envs.base import Env
 from uld.envs.workers import reset_all, step_all
@@ -18,30 +24,7 @@ from uld.errors import UldError
 from uld.replay.buffer import ReplayBuffer
 from uld.train.checkpoint import Checkpointer
 from uld.train.logger import Logger
-
-
-class Agent(Protocol):
-    def act(self, obs: np.ndarray, explore: bool) -> np.ndarray | int: ...
-    def update(self, buffer: ReplayBuffer) -> dict[str, torch.Tensor]: ...
-
-
-def evaluate(agent: Agent, env: Env, episodes: int, stop=None) -> list[float] | None:
-    """Undiscounted returns of `episodes` deterministic-policy episodes (docs/algorithm.md, Protocols).
-
-    `stop` is called before every env step; when it returns True the evaluation is abandoned and
-    None returned, so that a stop request waits one env step, not a whole evaluation.
-    """
-    returns = []
-    for _ in range(episodes):
-        obs, done, total = env.reset(), False, 0.0
-        while not done:
-            if stop is not None and stop():
-                return None
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, explore=False))
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    return returns
+from uld.train.population import PerSeed, Seeds, rng_state
 
 
 def evaluation_seed(seed: int, step: int) -> int:
@@ -51,9 +34,43 @@ def evaluation_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
+def evaluate_seeds(agents: Seeds, envs: list[Env], episodes: int,
+                   stop: Callable[[], bool] | None = None) -> list[list[float]] | None:
+    """Undiscounted returns of `episodes` deterministic-policy episodes on each seed's env (docs/algorithm.md,
+    Protocols), the envs in lock-step; a seed whose episodes are done waits for the others. `stop` is called
+    before every lock-step; when it returns True the evaluation is abandoned and None returned, so that a stop
+    request waits one env step, not a whole evaluation."""
+    returns: list[list[float]] = [[] for _ in envs]
+    obs = reset_all(envs)
+    totals = [0.0] * len(envs)
+    while any(len(r) < episodes for r in returns):
+        if stop is not None and stop():
+            return None
+        active = [k for k in range(len(envs)) if len(returns[k]) < episodes]
+        actions = agents.act(obs, explore=False, seeds=active)
+        restart = []
+        for k, (next_obs, reward, terminated, truncated, _) in zip(active, step_all([envs[k] for k in active], actions)):
+            obs[k] = next_obs
+            totals[k] += reward
+            if terminated or truncated:
+                returns[k].append(totals[k])
+                totals[k] = 0.0
+                if len(returns[k]) < episodes:
+                    restart.append(k)
+        for k, first_obs in zip(restart, reset_all([envs[k] for k in restart])):
+            obs[k] = first_obs
+    return returns
+
+
+def evaluate(agent, env: Env, episodes: int, stop: Callable[[], bool] | None = None) -> list[float] | None:
+    """evaluate_seeds for one agent (act(obs, explore)) on one env."""
+    returns = evaluate_seeds(PerSeed([agent], [rng_state()]), [env], episodes, stop)
+    return None if returns is None else returns[0]
+
+
 @dataclass
 class TrainerState:
-    """Where the loop stands: enough, with the parts' own states, to continue a run."""
+    """Where one seed's loop stands: enough, with the parts' own states, to continue a run."""
 
     step: int = 0
     episode: int = 0
@@ -62,6 +79,36 @@ class TrainerState:
     wall_seconds: float = 0.0
     evaluation_due: bool = False
     """The evaluation of this step was abandoned by a stop request; a resumed run does it first."""
+
+
+@dataclass(eq=False)
+class SeedRun:
+    """One seed's part of a run: its envs (the evaluation env is reseeded before each evaluation with
+    evaluation_seed(eval_seed, step)), its replay, logger and checkpoints (None: none), and its episode."""
+
+    seed: int
+    env: Env
+    eval_env: Env
+    buffer: ReplayBuffer
+    logger: Logger
+    eval_seed: int
+    checkpointer: Checkpointer | None = None
+    checkpoint_tags: dict = field(default_factory=dict)
+    """Entries every checkpoint of this seed carries besides the run's state (the seeds trained with it)."""
+    state: TrainerState = field(default_factory=lambda: TrainerState(evaluation_due=True))  # step 0 evaluates
+    obs: np.ndarray | None = None
+    # The episode in progress is checkpointed as the env's RNG state at its reset plus its actions:
+    # replaying them reproduces the env's state exactly, for any deterministic simulator.
+    episode_start_rng: dict = field(default_factory=dict)
+    episode_actions: list = field(default_factory=list)
+
+    def store_action(self, action: np.ndarray | int) -> np.ndarray:
+        """Actions enter the buffer scaled to [-1, 1], or one-hot for discrete envs (docs/algorithm.md, Replay)."""
+        if self.env.spec.discrete:
+            one_hot = np.zeros(self.env.spec.action_dim, dtype=np.float32)
+            one_hot[int(action)] = 1.0
+            return one_hot
+        return action
 
 
 class RunInterrupted(UldError):
@@ -73,234 +120,215 @@ class RunInterrupted(UldError):
 
 
 class Trainer:
-    """Runs an agent in an env for a number of agent steps, evaluating on a separate env.
+    """Trains S seeds' agents in their envs for a number of agent steps, evaluating on separate envs.
 
     Args:
-        env, eval_env: training and evaluation envs (the latter seeded with seed + 100).
-        agent: anything with act(obs, explore), update(buffer) and state_dict/load_state_dict.
-        buffer: the replay buffer the agent learns from.
-        logger: where evaluations, episode returns and training metrics go.
-        random_steps: uniformly random actions before the agent acts and trains.
+        seeds: each seed's envs, replay, logger and checkpoints.
+        agents: the seeds' agents (train/population.py).
+        random_steps: uniformly random actions before the agents act and train.
         eval_every, eval_episodes: evaluation cadence (first at step 0, last at the final step).
         log_every: training metrics go to TensorBoard every this many steps.
-        checkpointer: where checkpoints go (None: no checkpoints).
         checkpoint_seconds: wall-clock seconds between checkpoints (one is also written at the end).
         checkpoint_every: also checkpoint every this many agent steps (None: by time only).
-        eval_seed: the evaluation env is reseeded before each evaluation with evaluation_seed(eval_seed,
-            step) (None: it continues its own random state).
+        resume_hint: the directory that `uld train --resume` continues, named when a stop request ends the run.
     """
 
-    def __init__(self, env: Env, eval_env: Env, agent: Agent, buffer: ReplayBuffer, logger: Logger, *,
-                 random_steps: int, eval_every: int, eval_episodes: int, log_every: int = 1000,
-                 checkpointer: Checkpointer | None = None, checkpoint_seconds: float = 600.0,
-                 checkpoint_every: int | None = None, eval_seed: int | None = None):
-        self.env, self.eval_env, self.agent, self.buffer, self.logger = env, eval_env, agent, buffer, logger
+    def __init__(self, seeds: list[SeedRun], agents: Seeds, *, random_steps: int, eval_every: int,
+                 eval_episodes: int, log_every: int = 1000, checkpoint_seconds: float = 600.0,
+                 checkpoint_every: int | None = None, resume_hint: str = ""):
+        self.seeds, self.agents = seeds, agents
         self.random_steps, self.eval_every, self.eval_episodes = random_steps, eval_every, eval_episodes
-        self.log_every, self.eval_seed = log_every, eval_seed
-        self.checkpointer, self.checkpoint_seconds, self.checkpoint_every = checkpointer, checkpoint_seconds, checkpoint_every
-        self.state = TrainerState(evaluation_due=True)  # a new run evaluates at step 0 first
-        self.obs: np.ndarray | None = None
+        self.log_every, self.checkpoint_seconds, self.checkpoint_every = log_every, checkpoint_seconds, checkpoint_every
+        self.resume_hint = resume_hint
         self.stop_signal: int | None = None  # set by a signal handler; the loop checkpoints and stops
-        self._metrics: dict[str, torch.Tensor] = {}
-        # The episode in progress is checkpointed as the env's RNG state at its reset plus its actions:
-        # replaying them reproduces the env's state exactly, for any deterministic simulator.
-        self._episode_start_rng: dict = {}
-        self._episode_actions: list = []
 
-    def _store_action(self, action: np.ndarray | int) -> np.ndarray:
-        """Actions enter the buffer scaled to [-1, 1], or one-hot for discrete envs (docs/algorithm.md, Replay)."""
-        if self.env.spec.discrete:
-            one_hot = np.zeros(self.env.spec.action_dim, dtype=np.float32)
-            one_hot[int(action)] = 1.0
-            return one_hot
-        return action
-
-    def _reset(self) -> None:
-        start_episodes([self])
-
-    def _evaluate(self) -> None:
-        """Evaluate at this step; a stop request abandons it, leaving state.evaluation_due set."""
-        self._check_finite(self._metrics)
-        self.state.evaluation_due = True
-        stop = lambda: self.stop_signal is not None  # noqa: E731
-        if self.eval_seed is None:
-            returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=stop)
-        else:
-            # The env and torch (ALM samples its latent when acting) draw from (seed, step) alone; the
-            # training's torch generator is left as it was.
-            seed = evaluation_seed(self.eval_seed, self.state.step)
-            self.eval_env.reseed(seed)
-            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                returns = evaluate(self.agent, self.eval_env, self.eval_episodes, stop=stop)
-        if returns is not None:
-            self.logger.evaluation(self.state.step, returns, self._wall_seconds())
-            self.state.evaluation_due = False
-
-    def _wall_seconds(self) -> float:
-        return self.state.wall_seconds + time.perf_counter() - self._started
+    @property
+    def step(self) -> int:
+        return self.seeds[0].state.step
 
     def train(self, total_steps: int) -> None:
-        """Run until `total_steps` agent steps have been taken, evaluating on the schedule."""
-        s = self.state
-        self._started = time.perf_counter()
-        self._last_checkpoint = time.perf_counter()
-        if self.obs is None:
-            self._reset()
-        if s.evaluation_due:
+        """Run every seed until `total_steps` agent steps have been taken, evaluating on the schedule."""
+        self._started = self._last_checkpoint = time.perf_counter()
+        start_episodes([seed for seed in self.seeds if seed.obs is None])
+        if any(seed.state.evaluation_due for seed in self.seeds):  # step 0's, or one a stop request abandoned
             self._evaluate()
-            if s.step > 0 or self.stop_signal is not None:
-                self._maybe_checkpoint(final=s.step >= total_steps)
-        while s.step < total_steps:
-            if s.step < self.random_steps:
-                action = self.env.sample_action()
+            if self.step > 0 or self.stop_signal is not None:
+                self._maybe_checkpoint(final=self.step >= total_steps)
+        everyone = list(range(len(self.seeds)))
+        while self.step < total_steps:
+            if self.step < self.random_steps:
+                actions = [seed.env.sample_action() for seed in self.seeds]
             else:
-                action = self.agent.act(self.obs, explore=True)
-                # Before the env sees it: a simulator fed NaN fails with its own error, or silently.
-                if not np.all(np.isfinite(action)):
-                    self._check_finite(self._metrics)
-                    self._diverged(["the policy's action"])
-            next_obs, reward, terminated, truncated, _ = self.env.step(action)
-            self._episode_actions.append(action)
-            self.buffer.add(self.obs, self._store_action(action), reward, next_obs, terminated, truncated)
-            self.obs = next_obs
-            s.episode_return += reward
-            s.episode_length += 1
-            s.step += 1
+                actions = self.agents.act([seed.obs for seed in self.seeds], explore=True, seeds=everyone)
+                self._check_actions(actions)  # before an env sees one: a simulator fed NaN fails, or silently
+            results = step_all([seed.env for seed in self.seeds], actions)
+            ended = [self._store(seed, action, result) for seed, action, result in zip(self.seeds, actions, results)]
+            step = self.step
 
-            if s.step > self.random_steps and self.buffer.can_sample:
-                # Keep the latest value of every metric: encoder metrics only come with bursts.
-                self._metrics.update(self.agent.update(self.buffer))
-                if s.step % self.log_every == 0:
-                    self._log_metrics(self._metrics)
+            if step > self.random_steps and all(seed.buffer.can_sample for seed in self.seeds):
+                self.agents.update([seed.buffer for seed in self.seeds])
+                if step % self.log_every == 0:
+                    self._log_metrics()
 
-            if terminated or truncated:
-                self.logger.episode(s.step, s.episode_return, s.episode_length)
+            finished = [seed for seed, done in zip(self.seeds, ended) if done]
+            for seed in finished:
+                s = seed.state
+                seed.logger.episode(s.step, s.episode_return, s.episode_length)
                 s.episode += 1
                 s.episode_return, s.episode_length = 0.0, 0
-                self._reset()
+            start_episodes(finished)
 
-            self.logger.step()
-            if s.step % self.eval_every == 0 or s.step == total_steps:
+            for seed in self.seeds:
+                seed.logger.step()
+            if step % self.eval_every == 0 or step == total_steps:
                 self._evaluate()
-            self._maybe_checkpoint(final=s.step == total_steps)
+            self._maybe_checkpoint(final=step == total_steps)
+
+    def _store(self, seed: SeedRun, action, result: tuple) -> bool:
+        """Store one transition of `seed`; whether its episode ended."""
+        next_obs, reward, terminated, truncated, _ = result
+        seed.episode_actions.append(action)
+        seed.buffer.add(seed.obs, seed.store_action(action), reward, next_obs, terminated, truncated)
+        seed.obs = next_obs
+        s = seed.state
+        s.episode_return += reward
+        s.episode_length += 1
+        s.step += 1
+        return terminated or truncated
+
+    # ---- divergence, logging, evaluation, checkpoints: each in one place --------------------------
+
+    def _check_finite(self, k: int) -> dict[str, float]:
+        """Seed k's latest metrics as floats; UldError when one is not finite."""
+        values = {name: float(value) for name, value in self.agents.metrics(k).items()}
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            self._diverged(k, bad)
+        return values
+
+    def _check_actions(self, actions: list) -> None:
+        for k, action in enumerate(actions):
+            if not np.all(np.isfinite(action)):
+                self._check_finite(k)
+                self._diverged(k, ["the policy's action"])
+
+    def _diverged(self, k: int, names: list[str]) -> None:
+        raise UldError(f"training diverged at step {self.step}: {', '.join(names)} of seed {self.seeds[k].seed} "
+                       "became non-finite; the last good checkpoint is kept; lower the learning rates or check "
+                       "the env's rewards")
+
+    def _log_metrics(self) -> None:
+        for k, seed in enumerate(self.seeds):
+            values = self._check_finite(k)
+            values["train/reward_scale"] = self.agents.reward_scale(k)
+            values["train/buffer_transitions"] = len(seed.buffer)
+            seed.logger.scalars(seed.state.step, values)
+
+    def _wall_seconds(self, seed: SeedRun) -> float:
+        return seed.state.wall_seconds + time.perf_counter() - self._started
+
+    def _evaluate(self) -> None:
+        """Evaluate every seed at this step; a stop request abandons it, leaving evaluation_due set."""
+        eval_seeds = []
+        for k, seed in enumerate(self.seeds):
+            self._check_finite(k)
+            seed.state.evaluation_due = True
+            # The env and torch (ALM samples its latent when acting) draw from (seed, step) alone.
+            eval_seeds.append(evaluation_seed(seed.eval_seed, seed.state.step))
+            seed.eval_env.reseed(eval_seeds[-1])
+        with self.agents.evaluating(eval_seeds):
+            returns = evaluate_seeds(self.agents, [seed.eval_env for seed in self.seeds], self.eval_episodes,
+                                     stop=lambda: self.stop_signal is not None)
+        if returns is None:
+            return
+        for seed, seed_returns in zip(self.seeds, returns):
+            seed.logger.evaluation(seed.state.step, seed_returns, self._wall_seconds(seed))
+            seed.state.evaluation_due = False
 
     def _maybe_checkpoint(self, final: bool) -> None:
-        if self.checkpointer is None:
-            if self.stop_signal is not None:
-                raise RunInterrupted(f"interrupted at step {self.state.step}", 128 + self.stop_signal)
-            return
         due = (time.perf_counter() - self._last_checkpoint >= self.checkpoint_seconds
-               or (self.checkpoint_every and self.state.step % self.checkpoint_every == 0))
-        if not (final or due or self.stop_signal is not None):
-            return
-        self._check_finite(self._metrics)
-        self.checkpointer.save(self.state_dict(), self.state.step)
-        self._last_checkpoint = time.perf_counter()
-        if self.stop_signal is None or (final and not self.state.evaluation_due):
+               or (self.checkpoint_every and self.step % self.checkpoint_every == 0))
+        saving = any(seed.checkpointer is not None for seed in self.seeds)
+        if saving and (final or due or self.stop_signal is not None):
+            for k, seed in enumerate(self.seeds):  # every seed's checkpoint at this step, or none is resumed
+                self._check_finite(k)
+                seed.checkpointer.save({**self.state_dict(k), **seed.checkpoint_tags}, self.step)
+            self._last_checkpoint = time.perf_counter()
+        evaluation_due = any(seed.state.evaluation_due for seed in self.seeds)
+        if self.stop_signal is None or (saving and final and not evaluation_due):
             return  # a stop request that arrives once the run is complete has nothing left to stop
-        if self.state.evaluation_due:
+        if not saving:
+            raise RunInterrupted(f"interrupted at step {self.step}", 128 + self.stop_signal)
+        if evaluation_due:
             raise RunInterrupted(
-                f"interrupted during the evaluation at step {self.state.step}; a checkpoint was saved: run the same "
-                f"command again, or uld train --resume {self.logger.run_dir}, to evaluate and continue",
+                f"interrupted during the evaluation at step {self.step}; a checkpoint was saved for every seed: run "
+                f"the same command again, or uld train --resume {self.resume_hint}, to evaluate and continue",
                 128 + self.stop_signal)
         raise RunInterrupted(
-            f"interrupted at step {self.state.step}; a checkpoint was saved: run the same command again, "
-            f"or uld train --resume {self.logger.run_dir}, to continue", 128 + self.stop_signal)
+            f"interrupted at step {self.step}; a checkpoint was saved for every seed: run the same command again, "
+            f"or uld train --resume {self.resume_hint}, to continue", 128 + self.stop_signal)
 
     # ---- checkpoint state ---------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        """The whole run: loop counters, agent, replay, every RNG, the episode in progress, log offsets."""
-        trainer = dataclasses.asdict(self.state)
-        trainer["wall_seconds"] = self._wall_seconds()
+    def state_dict(self, k: int) -> dict:
+        """Seed k's whole run: loop counters, agent, replay, every RNG, the episode in progress, log offsets."""
+        seed = self.seeds[k]
+        trainer = dataclasses.asdict(seed.state)
+        trainer["wall_seconds"] = self._wall_seconds(seed)
         return {
             "trainer": trainer,
-            "agent": self.agent.state_dict(),
-            "buffer": self.buffer.state_dict(),
-            "metrics": dict(self._metrics),
-            "rng": {"python": random.getstate(), "numpy": list(np.random.get_state()),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "env": {"episode_start": self._episode_start_rng, "current": self.env.rng_state(),
-                    "actions": [np.asarray(a) for a in self._episode_actions]},
-            "eval_env": self.eval_env.rng_state(),
-            "logger": self.logger.state_dict(),
+            "agent": self.agents.state_dict(k),
+            "buffer": seed.buffer.state_dict(),
+            "metrics": dict(self.agents.metrics(k)),
+            "rng": self.agents.rng_state(k),
+            "env": {"episode_start": seed.episode_start_rng, "current": seed.env.rng_state(),
+                    "actions": [np.asarray(a) for a in seed.episode_actions]},
+            "eval_env": seed.eval_env.rng_state(),
+            "logger": seed.logger.state_dict(),
         }
 
-    def load_state_dict(self, state: dict, rebuild_episode: bool = True) -> None:
-        """Restore the whole run; rebuild_episode=False leaves the envs to `rebuild_episodes` (several seeds at once)."""
-        self.state = TrainerState(**state["trainer"])
-        self.agent.load_state_dict(state["agent"])
-        self.buffer.load_state_dict(state["buffer"])
-        self._metrics = dict(state["metrics"])
-        rng = state["rng"]
-        random.setstate(_as_tuple(rng["python"]))
-        kind, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.logger.load_state_dict(state["logger"])
-        if rebuild_episode:
-            rebuild_episodes([self], [state])
-
-    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-        values = {name: float(value) for name, value in metrics.items()}
-        bad = [name for name, value in values.items() if not math.isfinite(value)]
-        if bad:
-            self._diverged(bad)
-        return values
-
-    def _diverged(self, names: list[str]) -> None:
-        raise UldError(f"training diverged at step {self.state.step}: {', '.join(names)} became non-finite; "
-                       "the last good checkpoint is kept; lower the learning rates or check the env's rewards")
-
-    def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
-        values = self._check_finite(metrics)
-        values["train/reward_scale"] = float(getattr(self.agent, "reward_scale", math.nan))
-        values["train/buffer_transitions"] = len(self.buffer)
-        self.logger.scalars(self.state.step, values)
+    def load_state_dicts(self, states: list[dict]) -> None:
+        """Restore every seed's run from its state_dict; the episodes in progress are replayed together."""
+        for seed, state in zip(self.seeds, states):
+            seed.state = TrainerState(**state["trainer"])
+            seed.buffer.load_state_dict(state["buffer"])
+            seed.logger.load_state_dict(state["logger"])
+        self.agents.load_state_dicts(states)
+        rebuild_episodes(self.seeds, states)
 
 
-def _as_tuple(value):
-    """Python's random state, which a checkpoint stores with lists, back to nested tuples."""
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def start_episodes(trainers: list[Trainer]) -> None:
-    """Start a new episode in each trainer's env, remembering the RNG state it starts from (a checkpoint
+def start_episodes(seeds: list[SeedRun]) -> None:
+    """Start a new episode in each seed's env, remembering the RNG state it starts from (a checkpoint
     rebuilds an episode from it); envs in worker processes (uld/envs/workers.py) reset at the same time."""
-    for trainer in trainers:
-        trainer._episode_start_rng = trainer.env.rng_state()
-        trainer._episode_actions = []
-    for trainer, obs in zip(trainers, reset_all([trainer.env for trainer in trainers])):
-        trainer.obs = obs
+    for seed in seeds:
+        seed.episode_start_rng = seed.env.rng_state()
+        seed.episode_actions = []
+    for seed, obs in zip(seeds, reset_all([seed.env for seed in seeds])):
+        seed.obs = obs
 
 
-def rebuild_episodes(trainers: list[Trainer], states: list[dict]) -> None:
-    """Rebuild each trainer's episode in progress from its checkpoint: reset its env from the RNG state the
+def rebuild_episodes(seeds: list[SeedRun], states: list[dict]) -> None:
+    """Rebuild each seed's episode in progress from its checkpoint: reset its env from the RNG state the
     episode started with, replay the episode's actions, then restore the envs' current RNG states.
 
-    The trainers' envs replay in lock-step, so envs in worker processes (uld/envs/workers.py) replay at
+    The seeds' envs replay in lock-step, so envs in worker processes (uld/envs/workers.py) replay at
     the same time: a resume of S pixel envs costs one episode's replay, not S of them.
     """
     episodes = [state["env"] for state in states]
-    for trainer, episode in zip(trainers, episodes):
-        trainer.env.set_rng_state(episode["episode_start"])
-        trainer._episode_start_rng = episode["episode_start"]
-        trainer._episode_actions = []
-    for trainer, obs in zip(trainers, reset_all([trainer.env for trainer in trainers])):
-        trainer.obs = obs
-    actions = [[int(a) if t.env.spec.discrete else a for a in (np.asarray(action) for action in e["actions"])]
-               for t, e in zip(trainers, episodes)]
+    for seed, episode in zip(seeds, episodes):
+        seed.env.set_rng_state(episode["episode_start"])
+        seed.episode_start_rng = episode["episode_start"]
+        seed.episode_actions = []
+    for seed, obs in zip(seeds, reset_all([seed.env for seed in seeds])):
+        seed.obs = obs
+    actions = [[int(a) if s.env.spec.discrete else a for a in (np.asarray(action) for action in e["actions"])]
+               for s, e in zip(seeds, episodes)]
     for i in range(max((len(a) for a in actions), default=0)):
         active = [k for k, seed_actions in enumerate(actions) if i < len(seed_actions)]
-        results = step_all([trainers[k].env for k in active], [actions[k][i] for k in active])
+        results = step_all([seeds[k].env for k in active], [actions[k][i] for k in active])
         for k, result in zip(active, results):
-            trainers[k].obs = result[0]
-            trainers[k]._episode_actions.append(actions[k][i])
-    for trainer, episode, state in zip(trainers, episodes, states):
-        trainer.env.set_rng_state(episode["current"])
-        trainer.eval_env.set_rng_state(state["eval_env"])
+            seeds[k].obs = result[0]
+            seeds[k].episode_actions.append(actions[k][i])
+    for seed, episode, state in zip(seeds, episodes, states):
+        seed.env.set_rng_state(episode["current"])
+        seed.eval_env.set_rng_state(state["eval_env"])

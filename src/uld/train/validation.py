@@ -139,8 +139,9 @@ def check_out(out: str | Path) -> None:
                        "directory you can write to") from None
 
 
-def check_buffer_memory(config: Any, spec: Any) -> None:
-    """Raise UldError when a state replay of the configured capacity cannot fit in the memory available.
+def check_buffer_memory(config: Any, spec: Any, replays: int = 1) -> None:
+    """Raise UldError when `replays` state replays (one per seed) of the configured capacity cannot fit in the
+    memory available.
 
     Pixel replays check themselves, frame by frame (uld.replay.frames). A state replay holds one
     float32 observation and action per slot, and 40 bytes of reward, flags, priority and sum tree.
@@ -157,11 +158,14 @@ def check_buffer_memory(config: Any, spec: Any) -> None:
     if capacity is None:
         return
     per_slot = 4 * (math.prod(spec.obs_shape) + spec.action_dim) + 40
-    needed, available, reserve = capacity * per_slot, available_memory(), MEMORY_RESERVE
+    needed, available, reserve = replays * capacity * per_slot, available_memory(), MEMORY_RESERVE
     if available is not None and needed + reserve > available:
-        fits = max(0, (available - reserve) // per_slot)
-        raise UldError(f"the replay needs {needed / 1e9:.1f} GB for {capacity:,} slots but {available / 1e9:.1f} GB of "
-                       f"memory is available; lower --{config.agent}.buffer-capacity to {fits:,} or less")
+        fits = max(0, (available - reserve) // (replays * per_slot))
+        what = "the replay needs" if replays == 1 else f"the {replays} seeds' replays need"
+        fewer = "" if replays == 1 else ", or train fewer seeds in one process"
+        raise UldError(f"{what} {needed / 1e9:.1f} GB for {capacity:,} slots{' each' if replays > 1 else ''} but "
+                       f"{available / 1e9:.1f} GB of memory is available; lower --{config.agent}.buffer-capacity "
+                       f"to {fits:,} or less{fewer}")
 
 
 # ---- the command line ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from uld.agents.registry import AgentSpec, BuildContext, register_agent
+from uld.agents.registry import AgentSpec, BuildContext, register_agent, stacked_uld
 from uld.agents.uld.config import ULDConfig, reduced_config
 from uld.agents.uld.design_study import VARIANTS
 
@@ -19,5 +19,5 @@ def build(spec, config: ULDConfig, context: BuildContext):
 AGENT = register_agent(AgentSpec(
     name="uld", config=ULDConfig, build=build, small=reduced_config, title="ULD",
     description="ULD / MR.Q: model-based representations and a TD3-style actor-critic (docs/algorithm.md)",
-    discrete_actions=True, pixels=True, design_study=VARIANTS,
+    discrete_actions=True, pixels=True, design_study=VARIANTS, build_seeds=stacked_uld,
 ))

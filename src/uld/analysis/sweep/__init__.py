@@ -53,21 +53,6 @@ def run_design_study(config: SweepConfig, train_args: list[str]) -> int:
     return status
 
 
-def _seeds_per_process(config: SweepConfig, runs: list) -> int:
-    """--seeds-per-process, or 1 (said once) when the runs' options cannot train several seeds in one process
-    (a design-study variant, --compile): the sweep then trains them one seed per process, as it would have."""
-    if config.seeds_per_process <= 1 or not runs:
-        return config.seeds_per_process
-    from uld.train.config import parse_train_args
-    from uld.train.multi_seed import several_seeds_refusal
-
-    reason = several_seeds_refusal(parse_train_args(list(runs[0].argv)))
-    if reason is None:
-        return config.seeds_per_process
-    print(f"uld: one seed per process for these runs: {reason.split(';')[0]}", file=sys.stderr)
-    return 1
-
-
 def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
     """Plan, record and run a sweep; 0 when every run has finished, 1 when some failed."""
     if config.design_study:
@@ -76,8 +61,6 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
         raise UldError(f"--cpus-per-run must be at least 1, got {config.cpus_per_run}")
     if config.seeds_per_process < 1:
         raise UldError(f"--seeds-per-process must be at least 1, got {config.seeds_per_process}")
-    if config.seeds_per_process > 1 and config.agent != "uld":
-        raise UldError("--seeds-per-process above 1 trains ULD only; drop it to train ALM one seed per process")
     if config.gpus_per_run and config.ray is None:
         raise UldError("--gpus-per-run reserves GPUs on a Ray cluster and needs --ray; on this machine every run "
                        "uses the GPUs torch sees (choose how many share them with --parallel)")
@@ -90,7 +73,7 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
     write_manifest(config, train_args, sweep_dir, runs)
     todo = [run for run in runs if finished_step(run.run_dir) < run.steps]
     print(f"sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished already", flush=True)
-    todo = group_runs(todo, _seeds_per_process(config, runs))
+    todo = group_runs(todo, config.seeds_per_process)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         if config.ray is None:
