@@ -214,3 +214,101 @@ def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, 
     train(_config(tmp_path / "partial", 300, eval_every=150))
     for a_dir, b_dir in zip(straight, partial):
         assert _returns(a_dir) == _returns(b_dir)
+
+
+# ---- the rules of a single-seed run hold for every seed (each failed before one assembly served both) ------
+
+def test_a_seed_with_checkpoints_but_no_config_json_is_refused_and_not_rewritten(tmp_path):
+    run_dirs = train(_config(tmp_path / "run", 100))
+    (run_dirs[1] / "config.json").unlink()
+    eval_csv = (run_dirs[0] / "eval.csv").read_bytes()
+    with pytest.raises(UldError, match=r"seed4 holds checkpoints but no config.json"):
+        train(_config(tmp_path / "run", 200))
+    assert not (run_dirs[1] / "config.json").exists()
+    assert (run_dirs[0] / "eval.csv").read_bytes() == eval_csv
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_sentence_for_several_seeds(tmp_path):
+    import hashlib
+
+    run_dirs = train(_config(tmp_path / "run", 100))
+    path = Checkpointer(run_dirs[1] / "checkpoints").path(100)
+    state = torch.load(path, weights_only=True)
+    name = next(iter(state["agent"]["policy"]))
+    state["agent"]["policy"][name] = torch.zeros(3)  # a tensor of another shape, under a valid checksum
+    torch.save(state, path)
+    path.with_suffix(".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    with pytest.raises(UldError, match=r"the checkpoint of step 100 in .*seed4/checkpoints does not fit this run"):
+        train(_config(tmp_path / "run", 200))
+
+
+def test_the_memory_of_every_seeds_replay_is_checked(tmp_path, monkeypatch):
+    """Pendulum's slot: 4 bytes each of 3 observation and 1 action floats, and 40 of bookkeeping (56 bytes):
+    one replay of 5,000 slots fits in the memory given here, two do not."""
+    import uld.replay.frames as frames
+
+    monkeypatch.setattr(frames, "available_memory", lambda: frames.MEMORY_RESERVE + int(1.5 * 5000 * 56))
+    with pytest.raises(UldError, match=r"the 2 seeds' replays need .* train fewer seeds in one process"):
+        train(_config(tmp_path / "run", 100))
+    assert not (tmp_path / "run").exists()
+    assert train(_config(tmp_path / "one", 100, seeds="4")) == tmp_path / "one" / "seed4"
+
+
+def test_seed_and_seeds_together_are_one_sentence(tmp_path, capsys):
+    from uld.cli import main
+
+    assert main(["train", "--seed", "0", "--seeds", "1-2", "--steps", "1", "--small", "--no-progress",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--seed and --seeds both name seeds; pass one of them" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def _break_checksums(run_dir: Path) -> None:
+    """Every checkpoint of the run keeps its bytes but no longer verifies (its checksum file is wrong)."""
+    for checksum in (run_dir / "checkpoints").glob("*.sha256"):
+        checksum.write_text("0" * 64 + "\n")
+
+
+def _files(directory: Path) -> dict[Path, bytes]:
+    return {path.relative_to(directory): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+def test_restart_and_trust_checkpoint_on_many_seeds_with_one_seeds_checkpoints_corrupted(tmp_path, capsys):
+    """Seed 4's checkpoints stop verifying: the --seeds command names seed 4 and changes nothing;
+    --trust-checkpoint on seed 4's newest continues both seeds from its step; --restart moves every seed's
+    files aside (nothing is deleted) and starts both over."""
+    run = tmp_path / "run"
+    seed1, seed4 = train(_config(run, 200, checkpoint_every=100))
+    _break_checksums(seed4)
+    before = _files(run)
+    with pytest.raises(UldError, match=r"no checkpoint in .*seed4/checkpoints verifies, .*seed 4's results; nothing "
+                                       r"was changed: continue from one you trust with --trust-checkpoint "
+                                       r".*seed4/checkpoints/step-0000000200.pt, or pass --restart"):
+        train(_config(run, 300, checkpoint_every=100))
+    assert _files(run) == before
+
+    trusted = str(seed4 / "checkpoints" / "step-0000000200.pt")
+    train(_config(run, 300, checkpoint_every=100, trust_checkpoint=trusted))
+    for run_dir in (seed1, seed4):
+        assert [step for step, _ in _returns(run_dir)] == [0, 100, 200, 300]
+        assert Checkpointer(run_dir / "checkpoints").load_latest()[1] == 300
+
+    _break_checksums(seed4)
+    finished = _files(run)
+    capsys.readouterr()
+    train(_config(run, 100, checkpoint_every=100, restart=True))
+    err = capsys.readouterr().err
+    for run_dir in (seed1, seed4):
+        assert f"the earlier files of {run_dir} were moved into {run_dir}/restarted-" in err
+        (aside,) = run_dir.glob("restarted-*")
+        kept = _files(aside)
+        assert {path: data for path, data in finished.items() if path.parts[0] == run_dir.name} == {
+            Path(run_dir.name) / path: data for path, data in kept.items()}
+        assert [step for step, _ in _returns(run_dir)] == [0, 100]
+
+
+def test_trust_checkpoint_of_no_seed_of_the_run_is_one_sentence(tmp_path):
+    train(_config(tmp_path / "run", 100))
+    with pytest.raises(UldError, match=r"--trust-checkpoint .* is not in the checkpoints of any seed of this run"):
+        train(_config(tmp_path / "run", 200, trust_checkpoint=str(tmp_path / "elsewhere" / "step-0000000100.pt")))
