@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uld.envs.protocol import Protocol
 from uld.plugins import load_plugins
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # protocol_for reads this registry: importing protocol.py here would close a cycle
     from uld.envs.base import Env
+    from uld.envs.protocol import Protocol
 
 BUILTIN_DOMAINS = ("uld.envs.gym", "uld.envs.dmc", "uld.envs.atari", "uld.envs.python")
 """Modules whose import registers the domains that ship with uld, in the order they are listed."""
