@@ -20,8 +20,8 @@ from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, to_storable
 from uld.train.config import TrainConfig
 from uld.train.logger import read_eval_csv
-from uld.train.multi_seed import env_worker_count
 from uld.train.run import train
+from uld.train.seed_envs import env_worker_count
 
 ENV = "gym:Pendulum-v1"
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,

@@ -13,9 +13,8 @@ import torch
 from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
-from uld.train.config import TrainConfig
+from uld.train.config import TrainConfig, parse_seeds
 from uld.train.logger import read_eval_csv
-from uld.train.multi_seed import parse_seeds
 from uld.train.run import train
 
 TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=100,
@@ -67,7 +66,7 @@ def test_each_seed_writes_a_single_seed_run_directory(tmp_path):
 
 
 def test_default_run_directories_are_the_single_seed_ones():
-    from uld.train.multi_seed import seed_configs
+    from uld.train.config import seed_configs
 
     configs = seed_configs(TrainConfig(env="dmc:walker-walk", seeds="0-2"))
     assert [c.out for c in configs] == [str(Path("runs/uld/dmc_walker-walk") / f"seed{k}") for k in range(3)]

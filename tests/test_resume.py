@@ -354,7 +354,7 @@ def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(
 def poison_rewards(monkeypatch, after: int) -> None:
     """Make train() build real envs whose rewards become NaN after `after` steps, as a broken reward function
     would; such an env also checks that no non-finite action ever reaches it."""
-    import uld.train.multi_seed as run_module
+    import uld.train.seed_envs as run_module
 
     real_make_env = run_module.make_env
 

@@ -1,6 +1,6 @@
 """Envs that run in worker processes, so that several of them step at the same time.
 
-Many seeds in one process (uld/train/multi_seed.py) step S envs in lock-step. Where one step is
+Many seeds in one process (uld/train/seed_envs.py) step S envs in lock-step. Where one step is
 expensive on the host (a pixel env renders a frame, 20-45 ms on a CPU), stepping them one after the
 other dominates the training step; in workers they step concurrently::
 

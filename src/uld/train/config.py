@@ -290,6 +290,28 @@ def parse_seed_list(text: str, *, max_count: int | None = None, repeats: bool = 
     return list(seeds)
 
 
+MAX_SEEDS = 256
+"""Seeds one process may train: each has two envs, a replay and a run directory of its own."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9' -> [0, ..., 9]; '0,3,5' -> [0, 3, 5]; '3' -> [3]; ranges and lists mix ('0-2,7'). Each seed
+    once, at most MAX_SEEDS of them."""
+    return parse_seed_list(text, max_count=MAX_SEEDS, repeats=False)
+
+
+def seed_configs(config: TrainConfig) -> list[TrainConfig]:
+    """Each seed's resolved single-seed config: its seed, and its run directory (with --seeds: <out>/seed<k>
+    when --out is given, else the single-seed default runs/<agent>/<env>/seed<k>)."""
+    if config.seeds is None:
+        return [config.resolved()]
+    configs = []
+    for seed in parse_seeds(config.seeds):
+        out = str(Path(config.out) / f"seed{seed}") if config.out is not None else None
+        configs.append(dataclasses.replace(config, seed=seed, seeds=None, out=out).resolved())
+    return configs
+
+
 def parse_train_args(argv: list[str]) -> TrainConfig:
     """uld train's options as a TrainConfig (uld sweep checks the options it passes on with it too).
 

@@ -27,11 +27,12 @@ from uld.train.config import (
     config_to_resume,
     read_run_config,
     resumed_config_source,
+    seed_configs,
 )
 from uld.train.logger import Logger
-from uld.train.multi_seed import make_seed_envs, seed_configs
 from uld.train.population import Batched, PerSeed, Seeds, rng_state
 from uld.train.resume import TOGETHER, SeedDir, resume_states, together
+from uld.train.seed_envs import make_seed_envs
 from uld.train.trainer import SeedRun, Trainer
 from uld.train.validation import check_buffer_memory, check_config, check_out, resume_disagreements
 

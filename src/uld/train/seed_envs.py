@@ -1,4 +1,4 @@
-"""A run's seeds: which seeds, each seed's single-seed config and run directory, and each seed's envs.
+"""Each seed's training and evaluation envs, in this process or in worker processes.
 
 `uld train --seeds 0-9` trains the seeds in one process (train/run.py assembles the run, train/trainer.py
 is its loop); each seed k keeps everything a single-seed run keeps, in the same form: its training and
@@ -14,34 +14,11 @@ bitwise the same with and without workers.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from pathlib import Path
 
 from uld.envs import make_env
 from uld.envs.base import Env
 from uld.envs.workers import EnvWorkers, available_cores
-from uld.train.config import TrainConfig, parse_seed_list
-
-MAX_SEEDS = 256
-"""Seeds one process may train: each has two envs, a replay and a run directory of its own."""
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-9' -> [0, ..., 9]; '0,3,5' -> [0, 3, 5]; '3' -> [3]; ranges and lists mix ('0-2,7'). Each seed
-    once, at most MAX_SEEDS of them."""
-    return parse_seed_list(text, max_count=MAX_SEEDS, repeats=False)
-
-
-def seed_configs(config: TrainConfig) -> list[TrainConfig]:
-    """Each seed's resolved single-seed config: its seed, and its run directory (with --seeds: <out>/seed<k>
-    when --out is given, else the single-seed default runs/<agent>/<env>/seed<k>)."""
-    if config.seeds is None:
-        return [config.resolved()]
-    configs = []
-    for seed in parse_seeds(config.seeds):
-        out = str(Path(config.out) / f"seed{seed}") if config.out is not None else None
-        configs.append(dataclasses.replace(config, seed=seed, seeds=None, out=out).resolved())
-    return configs
+from uld.train.config import TrainConfig
 
 
 def env_worker_count(env_workers: int | None, seeds: int, pixels: bool) -> int:
