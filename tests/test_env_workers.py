@@ -211,16 +211,25 @@ def test_a_resume_replays_every_seeds_episode_in_lock_step(tmp_path, monkeypatch
     options = dict(env="gym:Pendulum-v1", seeds="1,4", eval_every=150, eval_episodes=1, progress=False,
                    out=str(tmp_path / "run"), small=True, env_workers=0)
     train(TrainConfig(steps=150, **options))  # Pendulum's episodes are 200 steps: both seeds mid-episode
-    batches = []
-    real_step_all = trainer_module.step_all
+    batches, rebuilding = [], [False]
+    real_step_all, real_rebuild = trainer_module.step_all, trainer_module.rebuild_episodes
 
     def recording_step_all(envs, actions):
-        batches.append(len(envs))
+        if rebuilding[0]:  # the loop and the evaluations step with it too
+            batches.append(len(envs))
         return real_step_all(envs, actions)
 
+    def recording_rebuild(seeds, states):
+        rebuilding[0] = True
+        try:
+            real_rebuild(seeds, states)
+        finally:
+            rebuilding[0] = False
+
     monkeypatch.setattr(trainer_module, "step_all", recording_step_all)  # what rebuild_episodes steps with
+    monkeypatch.setattr(trainer_module, "rebuild_episodes", recording_rebuild)
     train(TrainConfig(steps=151, **options))
-    assert batches == [2] * 150  # 150 replayed steps, both seeds in each (the step after them is not recorded)
+    assert batches == [2] * 150  # 150 replayed steps, both seeds in each
 
 
 def test_a_worker_env_takes_rng_state_as_a_checkpoint_loads_it(tmp_path):

@@ -311,3 +311,20 @@ def test_trust_checkpoint_of_no_seed_of_the_run_is_one_sentence(tmp_path):
     train(_config(tmp_path / "run", 100))
     with pytest.raises(UldError, match=r"--trust-checkpoint .* is not in the checkpoints of any seed of this run"):
         train(_config(tmp_path / "run", 200, trust_checkpoint=str(tmp_path / "elsewhere" / "step-0000000100.pt")))
+
+
+def test_which_seeds_uld_batches_itself():
+    """ULD's registration batches two or more seeds in one StackedULD; one seed, --compile (each instance's
+    update compiled) and the variant without model-based representations run one ULDAgent per seed."""
+    from uld.agents.registry import BuildContext, get_agent
+    from uld.agents.stacked import StackedULD
+    from uld.envs import make_env
+
+    spec, build_seeds = make_env("gym:Pendulum-v1", seed=0).spec, get_agent("uld").build_seeds
+    agent, buffers = build_seeds(spec, TINY, BuildContext(), [1, 4])
+    assert isinstance(agent, StackedULD) and agent.seeds == [1, 4] and len(buffers) == 2
+    assert build_seeds(spec, TINY, BuildContext(), [4]) is None
+    assert build_seeds(spec, TINY, BuildContext(compiled=True), [1, 4]) is None
+    no_model = reduced_config(model_based_representation=False)
+    assert build_seeds(spec, no_model, BuildContext(), [1, 4]) is None
+    assert get_agent("alm").build_seeds is None
