@@ -1,8 +1,11 @@
 """CUDA only: the graphed updates equal the eager ones, and a run resumed on CUDA continues as it would have.
 
-Tolerances: fp32 without TF32, same kernels in both paths, so parameters after ten updates agree to
-1e-5 relative (the tolerance allows for cuBLAS choosing other algorithms inside a capture); priorities
-to 1e-5 relative.
+Tolerances: fp32 without TF32 (matmuls and convolutions, set for each test and restored after it), same
+kernels in both paths, so parameters after ten updates agree to 1e-5 relative (the tolerance allows for
+cuBLAS choosing other algorithms inside a capture, and for the pixel encoder's convolution backward and
+the gathers' atomics, which are not deterministic on CUDA); priorities, |TD error| ** alpha computed from
+those parameters, to 1e-5 relative and 1e-7 absolute (never atol=0: the nondeterministic kernels above
+move the last bits of a TD error).
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ from uld.agents.uld.config import ULDConfig
 from uld.envs.base import EnvSpec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def full_fp32():
+    """No TF32 in either path during a test; torch's global flags as they were afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 VECTOR = EnvSpec("test:vector", (5,), 2, discrete=False, max_episode_steps=50)
 PIXELS = EnvSpec("test:pixels", (6, 36, 36), 3, discrete=True, max_episode_steps=50, pixels=True, frame_history=3)
@@ -50,7 +64,6 @@ def _parameters(agent: ULDAgent) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("spec", [VECTOR, PIXELS], ids=["vector", "pixels"])
 def test_graphed_updates_equal_eager_updates(spec) -> None:
-    torch.backends.cudnn.allow_tf32 = False
     results = {}
     for graphs in (False, True):
         agent, buffer = _setup(spec, graphs)
@@ -64,7 +77,7 @@ def test_graphed_updates_equal_eager_updates(spec) -> None:
     (eager, eager_priority, eager_metrics), (graphed, graphed_priority, graphed_metrics) = results[False], results[True]
     for a, b in zip(eager, graphed):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(graphed_priority, eager_priority, rtol=1e-5, atol=0)
+    torch.testing.assert_close(graphed_priority, eager_priority, rtol=1e-5, atol=1e-7)
     for key in eager_metrics:
         torch.testing.assert_close(graphed_metrics[key], eager_metrics[key], rtol=1e-4, atol=1e-5)
 
@@ -103,7 +116,6 @@ def test_graphed_many_seed_updates_equal_eager_ones(spec) -> None:
     """StackedULD replays its mapped updates from the same graphs: 3 seeds, eager and graphed, agree."""
     from uld.agents.stacked import StackedULD
 
-    torch.backends.cudnn.allow_tf32 = False
     results = {}
     for graphs in (False, True):
         agent = StackedULD(spec, CONFIG, [0, 1, 2], device="cuda", cuda_graphs=graphs)
@@ -118,4 +130,4 @@ def test_graphed_many_seed_updates_equal_eager_ones(spec) -> None:
     for key in eager:
         torch.testing.assert_close(graphed[key], eager[key], rtol=1e-5, atol=1e-6)
     for a, b in zip(eager_priorities, graphed_priorities):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=0)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

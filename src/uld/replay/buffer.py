@@ -378,6 +378,11 @@ class ReplayBuffer:
         if self.prioritized:
             self.tree.set(index, torch.where(self.valid[index], priority, 0.0))
 
+    def update_written_tensors(self) -> list[Tensor]:
+        """The tensors update_priorities writes in place (with the generator, what an update changes here):
+        what a failed CUDA graph capture must restore (uld/agents/uld/graphs.py)."""
+        return [self._priority, self.tree.nodes, self.max_priority]
+
     # ---- state --------------------------------------------------------------------------------
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
