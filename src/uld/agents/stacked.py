@@ -38,6 +38,7 @@ from uld.agents.uld.networks import gumbel_noise
 from uld.agents.uld.update import UpdateSchedule, encoder_step_loss, policy_step_loss, prepare_obs, value_step_loss
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
+from uld.generators import load_generator_state
 from uld.replay.buffer import Batch, ReplayBuffer
 
 ONLINE = ("encoder", "policy", "value")
@@ -353,7 +354,7 @@ class StackedULD(UpdateSchedule):
                                                     for s in states]))
         for generator, s in zip(self.generators, states):
             if "generator" in s:
-                generator.set_state(s["generator"])
+                load_generator_state(generator, s["generator"])
         if self.graphs is not None:
             self.graphs.reset()  # the optimizers' state tensors were replaced: capture again
 

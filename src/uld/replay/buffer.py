@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from uld.errors import UldError
+from uld.generators import load_generator_state
 from uld.replay.sum_tree import SumTree
 
 
@@ -418,7 +419,7 @@ class ReplayBuffer:
             getattr(self, name if name == "max_priority" else "_" + name).copy_(torch.as_tensor(state[name]))
         for name in self._COUNTERS:
             setattr(self, name, type(getattr(self, name))(state[name]))
-        self.generator.set_state(state["generator"])
+        load_generator_state(self.generator, state["generator"])  # exact on the device that saved it
         weight = self._priority if self.prioritized else torch.ones_like(self._priority)
         self.tree.rebuild(torch.where(self._valid, weight, 0.0))
 

@@ -15,6 +15,7 @@ import torch
 from uld.envs.base import Env
 from uld.envs.workers import reset_all, step_all
 from uld.errors import UldError
+from uld.generators import load_cuda_rng_states
 from uld.replay.buffer import ReplayBuffer
 from uld.train.checkpoint import Checkpointer
 from uld.train.logger import Logger
@@ -240,8 +241,7 @@ class Trainer:
         kind, keys, pos, has_gauss, cached = rng["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_cuda_rng_states(rng["cuda"], rng["torch"])  # also from a CPU run, or a machine with more GPUs
         self.logger.load_state_dict(state["logger"])
         if rebuild_episode:
             rebuild_episodes([self], [state])
