@@ -1,7 +1,7 @@
 """A checkpoint's random generators on another kind of device (issue 24, fix 3): a run checkpointed on CUDA
 resumes on a CPU, one checkpointed on a CPU resumes on CUDA, and one from a machine with more GPUs resumes on
 one with fewer. States of the generator's own kind are restored exactly; others re-seed it from the saved
-state, deterministically, with one warning (uld/generators.py)."""
+state, deterministically, with one warning (uld/devices.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from uld.agents.uld.config import reduced_config
-from uld.generators import GeneratorReseededWarning, load_cuda_rng_states, load_generator_state, seed_from_state
+from uld.devices import GeneratorReseededWarning, load_cuda_rng_states, load_generator_state, seed_from_state
 from uld.train.checkpoint import Checkpointer
 from uld.train.config import TrainConfig
 from uld.train.run import train

@@ -36,9 +36,9 @@ from uld.agents.uld.config import ULDConfig
 from uld.agents.uld.graphs import CudaGraphBackend, UpdateGraphs
 from uld.agents.uld.networks import gumbel_noise
 from uld.agents.uld.update import UpdateSchedule, encoder_step_loss, policy_step_loss, prepare_obs, value_step_loss
+from uld.devices import load_generator_state
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
-from uld.generators import load_generator_state
 from uld.replay.buffer import Batch, ReplayBuffer
 
 ONLINE = ("encoder", "policy", "value")

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uld.devices import load_generator_state
 from uld.errors import UldError
-from uld.generators import load_generator_state
 from uld.replay.sum_tree import SumTree
 
 

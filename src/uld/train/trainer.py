@@ -12,10 +12,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from uld.devices import load_cuda_rng_states
 from uld.envs.base import Env
 from uld.envs.workers import reset_all, step_all
 from uld.errors import UldError
-from uld.generators import load_cuda_rng_states
 from uld.replay.buffer import ReplayBuffer
 from uld.train.checkpoint import Checkpointer
 from uld.train.logger import Logger

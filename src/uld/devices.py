@@ -1,4 +1,10 @@
-"""Random generator states that cross devices: a checkpoint written on one device, resumed on another.
+"""Device-wide settings and state: TF32 for fp32 matrix multiplies, and random generator states that cross
+devices (a checkpoint written on one device, resumed on another).
+
+TF32 (docs/gpu.md, TF32). PyTorch multiplies fp32 matrices in full fp32 on CUDA by default, while its
+cuDNN convolutions use TF32 (10-bit mantissas, fp32 range and accumulation). `uld train --tf32` lets the
+matrix multiplies use TF32 too; the default is off, PyTorch's own, so that an fp32 run means fp32
+arithmetic for the MLPs (the bulk of a vector step). `--precision bf16` is the fast path uld measures.
 
 A CPU ``torch.Generator`` holds a Mersenne Twister state (5,056 bytes); a CUDA one a Philox seed and
 offset (16 bytes); ``set_state`` refuses the other kind. A checkpoint stores the replay's generator,
@@ -20,6 +26,12 @@ import warnings
 
 import torch
 from torch import Tensor
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let CUDA's fp32 matrix multiplies use TF32 (`enabled`), or keep them in full fp32; convolutions keep
+    PyTorch's default. Process-wide: the command sets it, once, before the run (uld/cli.py)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
 class GeneratorReseededWarning(UserWarning):
