@@ -3,8 +3,11 @@
     python benchmarks/gpu_acceptance.py --out REPORT.md                # on an H100/H200, under 8 minutes
     python benchmarks/gpu_acceptance.py --out REPORT.md --device cpu   # reduced: that every part still runs
 
-On an offline GPU machine, install uld's RL dependencies first from the wheels of
-../shared/tools/device_wheels.sh, with the install line that script's header prints (no download).
+On an offline GPU machine, first install uld's RL dependencies from the wheels that
+../shared/tools/device_wheels.sh collects (WHEELDIR: where they were copied; nothing is downloaded):
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site WHEELDIR/*.whl && export PYTHONPATH=/tmp/site:$PWD/src
 
 Parts, one table each, with the device's name and the torch version:
 
