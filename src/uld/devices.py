@@ -34,6 +34,14 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
+def new_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on `device`, seeded (the one place uld makes generators: tests/test_device_placement.py
+    stands in for it on a device that has none)."""
+    generator = torch.Generator(device)
+    generator.manual_seed(seed)
+    return generator
+
+
 class GeneratorReseededWarning(UserWarning):
     """A checkpoint's generator state came from another kind of device; the generator was re-seeded from it."""
 

@@ -36,7 +36,7 @@ from uld.agents.uld.config import ULDConfig
 from uld.agents.uld.graphs import CudaGraphBackend, UpdateGraphs
 from uld.agents.uld.networks import gumbel_noise
 from uld.agents.uld.update import UpdateSchedule, encoder_step_loss, policy_step_loss, prepare_obs, value_step_loss
-from uld.devices import load_generator_state
+from uld.devices import load_generator_state, new_generator
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
 from uld.replay.buffer import Batch, ReplayBuffer
@@ -128,11 +128,7 @@ class StackedULD(UpdateSchedule):
         self.reward_scale = torch.ones(S, dtype=torch.float64, device=self.device)
         self.target_reward_scale = torch.ones(S, dtype=torch.float64, device=self.device)
         # Noise of exploration, target smoothing and augmentation: one stream per seed.
-        self.generators = []
-        for seed in self.seeds:
-            generator = torch.Generator(self.device)
-            generator.manual_seed(seed)
-            self.generators.append(generator)
+        self.generators = [new_generator(self.device, seed) for seed in self.seeds]
 
     def _adamw(self, network: str, lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(self._group(network), lr=lr, weight_decay=self.config.weight_decay,

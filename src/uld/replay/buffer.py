@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from uld.devices import load_generator_state
+from uld.devices import load_generator_state, new_generator
 from uld.errors import UldError
 from uld.replay.sum_tree import SumTree
 
@@ -145,8 +145,7 @@ class ReplayBuffer:
         self._abs_reward_forgotten = zeros(dtype=torch.float64)
         self._ever_terminated = zeros(dtype=torch.bool)
         self.tree = SumTree(capacity, self.device)
-        self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(seed)
+        self.generator = new_generator(self.device, seed)
         self._dirty: list[int] = []  # slots whose tree leaf is stale; refreshed before the next draw
         # The valid starts as the host knows them (a subset of `valid`: see can_sample), and how many.
         self._valid_on_host = np.zeros(capacity, dtype=bool)
