@@ -18,6 +18,8 @@ import torch
 
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.graphs import GraphFailureWarning
+from uld.devices import GeneratorReseededWarning
 from uld.envs.base import EnvSpec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -131,3 +133,71 @@ def test_graphed_many_seed_updates_equal_eager_ones(spec) -> None:
         torch.testing.assert_close(graphed[key], eager[key], rtol=1e-5, atol=1e-6)
     for a, b in zip(eager_priorities, graphed_priorities):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def _run(agent, buffer, updates: int) -> dict[str, torch.Tensor]:
+    for _ in range(updates):
+        metrics = agent.update(buffer)
+    torch.cuda.synchronize()
+    return metrics
+
+
+def test_a_reload_into_a_live_graphed_agent_captures_again_and_goes_on() -> None:
+    """Issue 24, fix 1: the second capture used to enter the dropped graphs' pool while blocks of it were alive."""
+    agent, buffer = _setup(VECTOR, graphs=True)
+    held = _run(agent, buffer, 10)  # the trainer holds the latest metrics, which live in the graphs' pool
+    agent.load_state_dict(copy.deepcopy(agent.state_dict()))
+    metrics = _run(agent, buffer, 10)
+    assert set(agent.graphs._graphs) == {"encoder", "value_policy"} and agent.graphs.failed is None
+    assert all(torch.isfinite(v).all() for v in list(metrics.values()) + list(held.values()))
+
+
+def test_checkpoints_of_eager_and_cpu_runs_resume_under_graphs() -> None:
+    """Issue 24, fixes 2 and 3: capturable restored after the load; the CPU generator state re-seeds the CUDA one."""
+    eager, eager_buffer = _setup(VECTOR, graphs=False)
+    _run(eager, eager_buffer, 6)
+    on_cpu, cpu_buffer = _setup(VECTOR, graphs=False, device="cpu")
+    for _ in range(6):
+        on_cpu.update(cpu_buffer)
+    for agent_state, buffer_state in ((eager.state_dict(), None), (on_cpu.state_dict(), cpu_buffer.state_dict())):
+        agent, buffer = _setup(VECTOR, graphs=True)
+        agent.load_state_dict(copy.deepcopy(agent_state))
+        if buffer_state is not None:
+            with pytest.warns(GeneratorReseededWarning):
+                buffer.load_state_dict(buffer_state)
+        metrics = _run(agent, buffer, 10)
+        assert set(agent.graphs._graphs) == {"encoder", "value_policy"} and agent.graphs.failed is None
+        assert all(torch.isfinite(v).all() for v in metrics.values())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_graphs_on_the_second_gpu_update_as_eager_updates_do() -> None:
+    """Issue 24, fix 4: the capture ran on GPU 0's stream, recording nothing of an agent on GPU 1."""
+    results = []
+    for graphs in (False, True):
+        agent, buffer = _setup(VECTOR, graphs, device="cuda:1")
+        _run(agent, buffer, 10)
+        results.append(_parameters(agent))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_capture_that_fails_on_cuda_warns_and_goes_on_eagerly(monkeypatch) -> None:
+    """Issue 24, fix 9: a host synchronisation inside the capture makes it fail, as an uncapturable op would; the
+    run goes on eagerly from the state before the capture, as an eager run does (same tolerance as above)."""
+    agent, buffer = _setup(VECTOR, graphs=True)
+    update = agent._update_encoder
+
+    def unsafe(source):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not permitted while a stream captures
+        return update(source)
+
+    monkeypatch.setattr(agent, "_update_encoder", unsafe)
+    with pytest.warns(GraphFailureWarning, match="--no-cuda-graphs"):
+        _run(agent, buffer, 10)
+    assert agent.graphs.failed is not None
+    reference, reference_buffer = _setup(VECTOR, graphs=False)
+    _run(reference, reference_buffer, 10)
+    for a, b in zip(_parameters(reference), _parameters(agent)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

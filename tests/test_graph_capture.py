@@ -22,6 +22,7 @@ from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig
 from uld.agents.uld.graphs import WARMUP, CudaGraphBackend, GraphFailureWarning
 from uld.envs.base import EnvSpec
+from uld.errors import UldError
 
 VECTOR = EnvSpec("test:vector", (5,), 2, discrete=False, max_episode_steps=50)
 CONFIG = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16, target_update_period=2,
@@ -180,3 +181,16 @@ def test_many_seed_graphs_on_the_stand_in_equal_eager_updates() -> None:
     for a, b in zip(results[True], results[False]):
         _assert_same(a, b)
     assert backends[True].replays > 0
+
+
+def test_a_state_that_cannot_be_restored_stops_the_run_with_one_sentence() -> None:
+    """A broken device (restoring raises too): a UldError saying to resume from the last checkpoint eagerly."""
+    backend = StandInBackend(fail="capture")
+
+    def broken() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    backend.synchronize = broken  # type: ignore[method-assign]
+    agent, buffer = _agent(backend)
+    with pytest.raises(UldError, match="could not be restored .* --no-cuda-graphs to continue from it"):
+        _run(agent, buffer, 12)

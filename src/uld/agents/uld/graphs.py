@@ -90,8 +90,14 @@ class CudaGraphBackend:
 
     def capture(self, graph: Any, function: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         """Record function() into graph, in a new private memory pool; its outputs."""
-        with torch.cuda.graph(graph):
-            return function()
+        stream = torch.cuda.current_stream(self.device)
+        try:
+            with torch.cuda.graph(graph):
+                return function()
+        except BaseException:
+            # When the capture fails, torch.cuda.graph's exit raises before it restores the stream it made current.
+            torch.cuda.set_stream(stream)
+            raise
 
     def default_generator(self) -> torch.Generator:
         """The generator a one-seed agent's noise comes from on this device."""
@@ -182,6 +188,7 @@ class UpdateGraphs:
         for parameter in self.agent.trained_parameters():
             parameter.grad = None  # they may live in the dropped graph's pool
         try:
+            self.backend.synchronize()  # whatever the failed graph queued is done before the state is written back
             snapshot.restore()
         except Exception as restore_error:
             raise UldError(f"capturing the {kind} update as a CUDA graph failed ({type(error).__name__}: {error}), "
