@@ -14,7 +14,10 @@ few seconds).
 
 Columns, all from one run so that their ratios mean something on a shared machine:
 - ms per env step for each way of running it: eager, and on CUDA graphed (the default of uld train);
-  fp32 and bf16; the speed-up against eager fp32 of the same inputs;
+  fp32 and bf16; the speed-up against eager fp32 of the same inputs. Add + update alone lets the host
+  queue updates ahead of the GPU (a throughput); the loop column is the training loop's own time per
+  step: act (whose action is read back, so the host waits for the queued updates), add, can_sample and
+  update, the same number of steps;
 - sampling alone: ms to draw and gather one encoder batch (B x (H_enc + 1) observations);
 - GFLOP of one encoder update + one value and policy update (matmuls and convolutions, counted by
   torch.utils.flop_counter), and the fraction of the device's measured matmul throughput (a large
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import time
 
 import numpy as np
@@ -33,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from uld.agents.linear import set_onednn
 from uld.agents.uld.agent import ULDAgent, make_buffer
-from uld.agents.uld.config import ULDConfig
+from uld.agents.uld.config import ULDConfig, reduced_config
 from uld.envs.base import EnvSpec
 
 SHAPES = {
@@ -92,6 +96,32 @@ def ms_per_env_step(agent: ULDAgent, buffer, spec: EnvSpec, rng, steps: int) -> 
     return (time.perf_counter() - start) * 1000 / steps
 
 
+def ms_per_loop_step(agent: ULDAgent, buffer, spec: EnvSpec, rng, steps: int) -> float:
+    """What the training loop does per step besides the env: act (which reads its action back, so the host
+    waits for the updates queued before it), add, can_sample, update; over `steps` steps."""
+    obs = np.zeros(spec.obs_shape, dtype=np.uint8 if spec.pixels else np.float32)
+    stored = np.zeros(spec.action_dim, dtype=np.float32)
+    synchronize(agent.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        action = agent.act(obs, explore=True)
+        if spec.discrete:
+            stored = np.eye(spec.action_dim, dtype=np.float32)[int(action)]
+        buffer.add(obs, stored, float(rng.normal()), obs, False, False)
+        if buffer.can_sample:
+            agent.update(buffer)
+    synchronize(agent.device)
+    return (time.perf_counter() - start) * 1000 / steps
+
+
+def release(device: torch.device) -> None:
+    """Free the agent and replay just dropped: they reference each other through the graphs, so only a
+    collection frees them (an Atari replay holds 7 GB on the device)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def sampling_ms(agent: ULDAgent, buffer, repeats: int) -> float:
     cfg = agent.config
     buffer.sample(cfg.batch_size, cfg.encoder_window)
@@ -145,6 +175,8 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=None, help="replay slots (default: 1M on CUDA, 20k on CPU)")
     parser.add_argument("--period", type=int, default=None, help="target update period T (default: 250 on CUDA, 2 on CPU)")
     parser.add_argument("--cycles", type=int, default=None, help="timed periods (default: 4 on CUDA, 2 on CPU)")
+    parser.add_argument("--reduced", action="store_true",
+                        help="reduced-size networks (reduced_config): a quick check that the script runs, not a figure")
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed draws (default: 200 on CUDA, 10 on CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -159,26 +191,30 @@ def main() -> None:
           f"T = {period}, {cycles} periods timed after one of warm-up (graph capture)")
     peak = {precision: matmul_tflops(device, precision) for precision in args.precision}
     print("measured matmul throughput: " + ", ".join(f"{p} {t:.3f} TFLOP/s" for p, t in peak.items()))
-    print("\n| inputs | precision | mode | ms per env step | speed-up vs eager fp32 | sampling ms (one encoder batch) "
-          "| GFLOP per step | fraction of matmul throughput |\n|---|---|---|---|---|---|---|---|")
+    print("\n| inputs | precision | mode | ms per env step (add + update) | ms per loop step (act + add + can_sample "
+          "+ update) | speed-up vs eager fp32 | sampling ms (one encoder batch) | GFLOP per step "
+          "| fraction of matmul throughput |\n|---|---|---|---|---|---|---|---|---|")
     for inputs in args.inputs:
         spec = SHAPES[inputs]
-        config = dataclasses.replace(ULDConfig(), buffer_capacity=capacity, target_update_period=period)
+        config = dataclasses.replace(reduced_config() if args.reduced else ULDConfig(), buffer_capacity=capacity,
+                                     target_update_period=period)
         baseline = None
         for precision in args.precision:
             for mode in modes:
                 agent, buffer, rng = setup(spec, config, device, precision, mode == "graphed", args.fill)
                 ms_per_env_step(agent, buffer, spec, rng, period)  # warm-up; the graphs are captured here
                 step_ms = ms_per_env_step(agent, buffer, spec, rng, cycles * period)
+                loop_ms = ms_per_loop_step(agent, buffer, spec, rng, cycles * period)
                 baseline = baseline or (step_ms if (precision, mode) == ("fp32", "eager") else None)
                 sample_ms = sampling_ms(agent, buffer, sample_repeats)
                 if mode == "eager":  # counted on the eager agent; the graphed step does the same work
                     gflop = step_gflop(agent, buffer)
                 fraction = gflop / step_ms / peak[precision]  # GFLOP/ms = TFLOP/s
                 speedup = f"{baseline / step_ms:.2f}" if baseline else "-"
-                print(f"| {inputs} | {precision} | {mode} | {step_ms:.2f} | {speedup} | {sample_ms:.3f} | {gflop:.1f} "
-                      f"| {fraction:.3f} |", flush=True)
+                print(f"| {inputs} | {precision} | {mode} | {step_ms:.2f} | {loop_ms:.2f} | {speedup} "
+                      f"| {sample_ms:.3f} | {gflop:.1f} | {fraction:.3f} |", flush=True)
                 del agent, buffer
+                release(device)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ For each S, in one run of this script and on the same hardware:
   default 1: on a CPU the S separate processes then have as many cores or more);
 - S processes each train one seed with the single-seed ULDAgent, all at once, 1 thread each.
 
-Every process fills its replay(s) with --warmup random steps, then times --steps training steps (act,
-env step, replay add, update). A training step is one update of the real schedule with the target
+Every process fills its replay(s) with --warmup random steps, trains untimed for the whole target periods
+that hold the CUDA graphs' warm-up and capture, then times --steps training steps (act, env step, replay
+add, update). A training step is one update of the real schedule with the target
 period set to --target-period, whose encoder burst is timed along with the rest. The throughput of
 the separate processes is their env steps over the span from the first one's start of timing to the
 last one's end. The split columns say where a stacked step's time goes: acting, stepping the S envs
@@ -40,6 +41,7 @@ import torch
 from uld.agents.stacked import StackedULD, make_buffers
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import ULDConfig, reduced_config
+from uld.agents.uld.graphs import WARMUP
 from uld.envs import make_env
 from uld.envs.workers import EnvWorkers, reset_all, step_all
 
@@ -83,8 +85,12 @@ def worker(args) -> dict:
     for _ in range(args.warmup):
         env_step([env.sample_action() for env in envs])
     seconds = {"act": 0.0, "env": 0.0, "update": 0.0}
-    for step in range(args.steps + 1):  # the first step (lazy initialisation) is not timed
-        if step == 1:
+    # Untimed: whole target periods covering the graphs' warm-up calls and capture (WARMUP + 1 calls of each
+    # kind of update; uld/agents/uld/graphs.py), so that the timing starts at a period's first step, with
+    # every graph captured and lazy initialisation done.
+    untimed = args.target_period * -(-(WARMUP + 1) // args.target_period)
+    for step in range(untimed + args.steps):
+        if step == untimed:
             started = time.time()
             seconds = dict.fromkeys(seconds, 0.0)
         t0 = time.perf_counter()

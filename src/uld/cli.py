@@ -26,6 +26,7 @@ commands:
 def _train(argv: list[str]) -> int:
     import torch
 
+    from uld.devices import set_tf32
     from uld.train.allocator import keep_freed_memory
     from uld.train.config import command_type, parse_train_args
     from uld.train.run import train
@@ -36,6 +37,7 @@ def _train(argv: list[str]) -> int:
     check_fields(config)  # the thread count among them, before torch is given it
     if config.threads:
         torch.set_num_threads(config.threads)
+    set_tf32(config.tf32)
     # Once the buffer and the loaded arrays have their own mappings: from then on, freed blocks stay
     # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
     run_dirs = train(config, explicit=explicit_options(argv, command_type(argv)), on_allocated=keep_freed_memory)

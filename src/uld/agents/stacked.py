@@ -31,11 +31,12 @@ from torch.utils._pytree import tree_map
 
 from uld.agents.common import autocast, check_precision, output_dtype
 from uld.agents.uld import losses
-from uld.agents.uld.agent import ULDAgent, make_buffer
+from uld.agents.uld.agent import HostToDevice, ULDAgent, make_buffer, restore_optimizer_flags
 from uld.agents.uld.config import ULDConfig
-from uld.agents.uld.graphs import UpdateGraphs
+from uld.agents.uld.graphs import CudaGraphBackend, UpdateGraphs
 from uld.agents.uld.networks import gumbel_noise
 from uld.agents.uld.update import UpdateSchedule, encoder_step_loss, policy_step_loss, prepare_obs, value_step_loss
+from uld.devices import load_generator_state, new_generator
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
 from uld.replay.buffer import Batch, ReplayBuffer
@@ -83,7 +84,8 @@ class StackedULD(UpdateSchedule):
     """
 
     def __init__(self, spec: EnvSpec, config: ULDConfig, seeds: list[int], device: str | torch.device = "cpu",
-                 cuda_graphs: bool = True, looped: bool | None = None, precision: str = "fp32"):
+                 cuda_graphs: bool = True, looped: bool | None = None, precision: str = "fp32",
+                 graph_backend: CudaGraphBackend | None = None):
         if not config.model_based_representation:
             raise UldError("training several seeds in one process needs --uld.model-based-representation "
                            "(the default); train that design-study variant one seed at a time (--seed)")
@@ -114,21 +116,19 @@ class StackedULD(UpdateSchedule):
         del agents
         cfg = self.config
         # CUDA graphs replay the mapped updates on a GPU, as for one seed (uld/agents/uld/graphs.py).
-        self.graphs = UpdateGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
+        graphed = graph_backend is not None or (cuda_graphs and self.device.type == "cuda")
+        self.graphs = UpdateGraphs(self, graph_backend) if graphed else None  # graph_backend: as ULDAgent's
         self.encoder_optimizer = self._adamw("encoder", cfg.encoder_lr)
         self.value_optimizer = self._adamw("value", cfg.value_lr)
         self.policy_optimizer = self._adamw("policy", cfg.policy_lr)
         self.bins = losses.reward_bins(cfg.num_bins, cfg.bin_range).to(self.device)
         self.training_step = 0
+        self._host_to_device = HostToDevice(self.device)
         S = len(self.seeds)
         self.reward_scale = torch.ones(S, dtype=torch.float64, device=self.device)
         self.target_reward_scale = torch.ones(S, dtype=torch.float64, device=self.device)
         # Noise of exploration, target smoothing and augmentation: one stream per seed.
-        self.generators = []
-        for seed in self.seeds:
-            generator = torch.Generator(self.device)
-            generator.manual_seed(seed)
-            self.generators.append(generator)
+        self.generators = [new_generator(self.device, seed) for seed in self.seeds]
 
     def _adamw(self, network: str, lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(self._group(network), lr=lr, weight_decay=self.config.weight_decay,
@@ -173,7 +173,7 @@ class StackedULD(UpdateSchedule):
     def act(self, obs, explore: bool) -> Tensor:
         """One action per seed for one observation per seed, (S, *obs_shape) -> on the CPU (S, action_dim)
         in [-1, 1], or (S,) indices for discrete actions (as ULDAgent.act, seed by seed)."""
-        obs_t = torch.as_tensor(obs, device=self.device)
+        obs_t = self._host_to_device(obs)
         if not self.spec.pixels:
             obs_t = obs_t.float()
 
@@ -339,6 +339,7 @@ class StackedULD(UpdateSchedule):
                                      for key, value in per_param.items()}
                                  for i, per_param in per_seed[0]["state"].items()}}
             getattr(self, name).load_state_dict(stacked)
+        restore_optimizer_flags([self.encoder_optimizer, self.value_optimizer, self.policy_optimizer])
         steps = {int(s["counters"]["training_step"]) for s in states}
         if len(steps) != 1:
             raise UldError(f"the seeds' checkpoints are at different training steps ({sorted(steps)}); "
@@ -349,7 +350,7 @@ class StackedULD(UpdateSchedule):
                                                     for s in states]))
         for generator, s in zip(self.generators, states):
             if "generator" in s:
-                generator.set_state(s["generator"])
+                load_generator_state(generator, s["generator"])
         if self.graphs is not None:
             self.graphs.reset()  # the optimizers' state tensors were replaced: capture again
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uld.devices import load_generator_state, new_generator
 from uld.errors import UldError
 from uld.replay.sum_tree import SumTree
 
@@ -144,9 +145,11 @@ class ReplayBuffer:
         self._abs_reward_forgotten = zeros(dtype=torch.float64)
         self._ever_terminated = zeros(dtype=torch.bool)
         self.tree = SumTree(capacity, self.device)
-        self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(seed)
+        self.generator = new_generator(self.device, seed)
         self._dirty: list[int] = []  # slots whose tree leaf is stale; refreshed before the next draw
+        # The valid starts as the host knows them (a subset of `valid`: see can_sample), and how many.
+        self._valid_on_host = np.zeros(capacity, dtype=bool)
+        self._num_valid_on_host = 0
         self._offsets = torch.arange(horizon + 1, device=self.device)  # ring offsets of a window
         self.ptr = 0  # slot of the next transition
         self.used = 0  # slots ever written (checkpoints store only these)
@@ -187,7 +190,16 @@ class ReplayBuffer:
 
     @property
     def can_sample(self) -> bool:
-        """True once at least one complete subsequence is stored (reads the tree's root back)."""
+        """True once at least one complete subsequence is stored with a positive sampling weight.
+
+        Known on the host, without reading the device, whenever the host's record of valid starts holds
+        one: that record is a subset of `valid` (a start is entered when an add completes it and removed
+        whenever its slot may be forgotten), and every valid start weighs at least min_priority ** alpha
+        > 0 (or 1 without priorities). Otherwise the tree's root is read back: before the first
+        subsequence is complete, or with min_priority 0, where a start's weight can be 0.
+        """
+        if self._num_valid_on_host > 0 and (not self.prioritized or self.min_priority > 0):
+            return True
         self.refresh()
         return bool(self.tree.total > 0)
 
@@ -247,10 +259,17 @@ class ReplayBuffer:
         k, H = self.episode_step, self.horizon
         if terminated:
             # Every start of this episode whose window reaches the terminal becomes valid.
-            stage.valid.extend((p - i) % self.capacity for i in range(min(k, H - 1) + 1))
+            starts = [(p - i) % self.capacity for i in range(min(k, H - 1) + 1)]
         elif k >= H - 1:
             # The window that ends exactly at this step is complete (also at a truncation).
-            stage.valid.append((p - H + 1) % self.capacity)
+            starts = [(p - H + 1) % self.capacity]
+        else:
+            starts = []
+        stage.valid.extend(starts)
+        for start in starts:
+            if not self._valid_on_host[start]:
+                self._valid_on_host[start] = True
+                self._num_valid_on_host += 1
 
         if terminated or truncated:
             stage.transitions[nxt] = None  # the final observation's slot holds no transition
@@ -270,6 +289,9 @@ class ReplayBuffer:
         if slot < self.used:
             forget = self._stage.forget
             forget[slot] = min(reach, forget.get(slot, reach))
+            if self._valid_on_host[slot]:  # whether it goes is known on the device only: assume it does
+                self._valid_on_host[slot] = False
+                self._num_valid_on_host -= 1
 
     def _flushed(self) -> ReplayBuffer:
         if self._stage.adds:
@@ -378,6 +400,11 @@ class ReplayBuffer:
         if self.prioritized:
             self.tree.set(index, torch.where(self.valid[index], priority, 0.0))
 
+    def update_written_tensors(self) -> list[Tensor]:
+        """The tensors update_priorities writes in place (with the generator, what an update changes here):
+        what a failed CUDA graph capture must restore (uld/agents/uld/graphs.py)."""
+        return [self._priority, self.tree.nodes, self.max_priority]
+
     # ---- state --------------------------------------------------------------------------------
 
     _ARRAYS = ("obs", "action", "reward", "terminated", "is_transition", "valid", "priority")
@@ -413,7 +440,10 @@ class ReplayBuffer:
             getattr(self, name if name == "max_priority" else "_" + name).copy_(torch.as_tensor(state[name]))
         for name in self._COUNTERS:
             setattr(self, name, type(getattr(self, name))(state[name]))
-        self.generator.set_state(state["generator"])
+        self._valid_on_host[:] = False
+        self._valid_on_host[:used] = np.asarray(state["valid"], dtype=bool)
+        self._num_valid_on_host = int(self._valid_on_host.sum())
+        load_generator_state(self.generator, state["generator"])  # exact on the device that saved it
         weight = self._priority if self.prioritized else torch.ones_like(self._priority)
         self.tree.rebuild(torch.where(self._valid, weight, 0.0))
 

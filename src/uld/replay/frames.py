@@ -154,14 +154,14 @@ def buffer_bytes(frame_shape: tuple[int, ...], action_dim: int, capacity: int) -
 
 
 def check_memory(frame_shape: tuple[int, ...], action_dim: int, capacity: int,
-                 device: torch.device = torch.device("cpu")) -> None:
+                 device: torch.device = torch.device("cpu"), *, cuda=torch.cuda) -> None:
     """Raise UldError when a buffer of ``capacity`` slots would not fit in the memory available now
-    (host memory for a CPU buffer, the GPU's free memory for a CUDA one).
+    (host memory for a CPU buffer, the GPU's free memory for a CUDA one; cuda: torch.cuda, a seam).
 
     Host memory is allocated lazily, so without this a too-large buffer would fail (or swap) hours
     into a run, once it filled up, instead of at the start.
     """
-    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    available = cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     needed = buffer_bytes(frame_shape, action_dim, capacity)
     if available is None or needed + MEMORY_RESERVE <= available:
         return

@@ -29,6 +29,11 @@ class SumTree:
         self._pairs = self._tree.view(-1, 2)  # row n: children of node n
 
     @property
+    def nodes(self) -> Tensor:
+        """Every node, root and leaves included (the tensor itself, written in place by set)."""
+        return self._tree
+
+    @property
     def total(self) -> Tensor:
         """Sum of all weights (a 0-d tensor on the tree's device)."""
         return self._tree[1]

@@ -46,6 +46,9 @@ class TrainConfig:
     cuda_graphs: bool = True
     """On a CUDA device, replay the agent's updates as CUDA graphs (same algorithm, far fewer kernel launches);
     --no-cuda-graphs runs them eagerly."""
+    tf32: bool = False
+    """On CUDA, let fp32 matrix multiplies use TF32 tensor cores (faster, 10-bit mantissas; convolutions use TF32
+    under PyTorch's default either way); off: full fp32, PyTorch's default (docs/gpu.md, TF32)."""
     threads: int | None = None
     """Torch CPU threads (default: torch's choice, one per core)."""
     env_workers: int | None = None

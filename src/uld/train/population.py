@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from uld.devices import load_cuda_rng_states
+
 
 def rng_state() -> dict:
     """The process's generators (Python, numpy, torch, CUDA), in a checkpoint's form."""
@@ -35,8 +37,7 @@ def set_rng_state(rng: dict) -> None:
     kind, keys, pos, has_gauss, cached = rng["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    load_cuda_rng_states(rng["cuda"], rng["torch"])  # also from a CPU run, or a machine with more GPUs
 
 
 def _as_tuple(value):

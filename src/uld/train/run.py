@@ -40,17 +40,20 @@ RUN_FILES = ("eval.csv", "config.json", "tb", "checkpoints", "wandb_id")
 """What uld train writes in a run directory; --restart moves these aside, never deletes them."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, cuda=torch.cuda, mps=torch.backends.mps) -> torch.device:
+    """The device --device names (auto: CUDA when torch sees a GPU, else the CPU), or UldError when this
+    machine has no such device. cuda, mps: torch's modules (seams: tests stand in for other machines)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device("cuda" if cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not cuda.is_available():
         raise UldError(f"device {name!r} was asked for but torch sees no CUDA GPU; use --device cpu")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise UldError(f"device {name!r} was asked for but torch sees {torch.cuda.device_count()} CUDA GPUs; "
+    if device.type == "cuda" and device.index is not None and device.index >= cuda.device_count():
+        raise UldError(f"device {name!r} was asked for but torch sees {cuda.device_count()} CUDA GPUs; "
                        "pass cuda:0 to cuda:N-1 or --device auto")
-    if name == "mps" and not torch.backends.mps.is_available():
+    if device.type == "mps" and not mps.is_available():
         raise UldError("device 'mps' was asked for but torch has no MPS backend here; use --device cpu")
-    return torch.device(name)
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -18,7 +18,7 @@ from uld.agents.common import (
 from uld.agents.compile import compile_networks
 from uld.agents.uld import losses
 from uld.agents.uld.config import ULDConfig
-from uld.agents.uld.graphs import UpdateGraphs
+from uld.agents.uld.graphs import CudaGraphBackend, UpdateGraphs
 from uld.agents.uld.networks import Encoder, Policy, Value, gumbel_noise
 from uld.agents.uld.update import (
     UpdateSchedule,
@@ -43,6 +43,46 @@ def _adamw(params, lr: float, weight_decay: float, capturable: bool = False) -> 
                              capturable=capturable)
 
 
+def restore_optimizer_flags(optimizers: list[torch.optim.Optimizer]) -> None:
+    """Give loaded optimizers back the flags they were made with (capturable, fused, ...).
+
+    Optimizer.load_state_dict replaces each param group with the saved one, flags included: a checkpoint
+    written with --no-cuda-graphs or on a CPU would turn `capturable` off in a run that captures graphs
+    (the capture then fails), and one written under graphs would keep it on in an eager run. The step
+    counts go to the parameters' device, where a capturable or fused step reads them.
+    """
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for flag in ("capturable", "fused", "foreach", "differentiable"):
+                group[flag] = optimizer.defaults[flag]
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if isinstance(state.get("step"), Tensor) and (group["capturable"] or group["fused"]):
+                    state["step"] = state["step"].to(param.device, torch.float32)
+
+
+class HostToDevice:
+    """Copies an observation from the host to the device without making the host wait.
+
+    From pageable memory a CUDA copy blocks until the queued work (the previous update's graphs) is
+    done; from pinned memory it is queued like a kernel. The pinned tensor is reused: the caller reads
+    its result back before it copies again, so the previous copy from it has finished by then.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._pinned: Tensor | None = None
+
+    def __call__(self, array) -> Tensor:
+        host = torch.as_tensor(np.asarray(array))
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        if self._pinned is None or self._pinned.shape != host.shape or self._pinned.dtype != host.dtype:
+            self._pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        self._pinned.copy_(host)
+        return self._pinned.to(self.device, non_blocking=True)
+
+
 class ULDAgent(UpdateSchedule):
     """ULD / MR.Q: model-based representation learning plus a TD3-style actor-critic on the embeddings.
 
@@ -51,7 +91,10 @@ class ULDAgent(UpdateSchedule):
     """
 
     def __init__(self, spec: EnvSpec, config: ULDConfig = ULDConfig(), device: str | torch.device = "cpu",
-                 precision: str = "fp32", compiled: bool = False, cuda_graphs: bool = True):
+                 precision: str = "fp32", compiled: bool = False, cuda_graphs: bool = True,
+                 graph_backend: CudaGraphBackend | None = None):
+        """graph_backend: the torch.cuda calls of the graphs (a seam: tests run the graphed path on a CPU
+        through a stand-in; given, graphs are on whatever the device)."""
         self.spec = spec
         self.precision = check_precision(precision)
         self.config = config.for_discrete() if spec.discrete else config
@@ -76,7 +119,8 @@ class ULDAgent(UpdateSchedule):
                              self.policy, self.policy_target, self.value, self.value_target)
         # CUDA graphs replay the two kinds of update on a GPU (uld/agents/uld/graphs.py); elsewhere the
         # eager update runs as written.
-        self.graphs = UpdateGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
+        graphed = graph_backend is not None or (cuda_graphs and self.device.type == "cuda")
+        self.graphs = UpdateGraphs(self, graph_backend) if graphed else None
         capturable = self.graphs is not None
         self.encoder_optimizer = _adamw(self.encoder.parameters(), cfg.encoder_lr, cfg.weight_decay, capturable)
         self.value_optimizer = _adamw(self.value.parameters(), cfg.value_lr, cfg.weight_decay, capturable)
@@ -89,6 +133,7 @@ class ULDAgent(UpdateSchedule):
             self._value_step_optimizers.append(self.encoder_optimizer)
         self.bins = losses.reward_bins(cfg.num_bins, cfg.bin_range).to(self.device)
         self.training_step = 0
+        self._host_to_device = HostToDevice(self.device)
         # Device tensors, so that an update reads them without a host sync (and a graph reads the current value).
         self.reward_scale = torch.ones((), dtype=torch.float64, device=self.device)
         self.target_reward_scale = torch.ones((), dtype=torch.float64, device=self.device)
@@ -103,7 +148,7 @@ class ULDAgent(UpdateSchedule):
     @torch.no_grad()
     def act(self, obs: np.ndarray, explore: bool) -> np.ndarray | int:
         """The action for one observation: in [-1, 1] (continuous) or an index (discrete)."""
-        obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+        obs_t = self._host_to_device(obs).unsqueeze(0)
         zs = self.encoder.f(obs_t.float() if not self.spec.pixels else obs_t)
         action, pre = self.policy(zs)
         sigma = self.config.exploration_noise
@@ -222,6 +267,7 @@ class ULDAgent(UpdateSchedule):
         self.training_step = int(counters["training_step"])
         self.reward_scale.copy_(torch.as_tensor(counters["reward_scale"]))
         self.target_reward_scale.copy_(torch.as_tensor(counters["target_reward_scale"]))
+        restore_optimizer_flags([self.encoder_optimizer, self.value_optimizer, self.policy_optimizer])
         if self.graphs is not None:
             self.graphs.reset()  # the optimizers' state tensors were replaced: capture again
 
