@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from uld.agents.stacked import StackedULD, make_buffers
+from uld.agents.uld.config import ULDConfig
 from uld.envs import make_env
 from uld.envs.base import Env
 from uld.envs.workers import EnvWorkers, available_cores, reset_all, step_all
@@ -337,9 +338,9 @@ def several_seeds_refusal(config: TrainConfig) -> str | None:
 
     uld train refuses such a --seeds command; uld sweep trains such runs one seed per process.
     """
-    if config.agent != "uld":
-        return (f"--seeds with more than one seed trains ULD only; train {config.agent.upper()} one seed at a "
-                "time with --seed")
+    if not isinstance(config.agent_config, ULDConfig):  # ULD's update, whatever its configuration (ULD, DR.Q)
+        return (f"--seeds with more than one seed trains ULD and DR.Q only; train {config.agent.upper()} one seed "
+                "at a time with --seed")
     if not config.agent_config.model_based_representation:
         return ("training several seeds in one process needs --uld.model-based-representation (the default); "
                 "train that design-study variant one seed at a time (--seed)")

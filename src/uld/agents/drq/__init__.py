@@ -1,0 +1,33 @@
+"""DR.Q (Lyu et al., ICML 2026): ULD's update with DR.Q's configuration (docs/drq.md); registered as `--agent drq`.
+
+DR.Q has no update of its own: its differences from MR.Q are options of ULD's one update
+(uld/agents/uld/update.py) and of the replay (uld/replay/faded.py), set by DRQConfig. So it trains
+with everything ULD's agent has: many seeds in one process, CUDA graphs, bf16, resume and export.
+"""
+
+from __future__ import annotations
+
+from uld.agents.drq.config import DRQConfig, reduced_config
+from uld.agents.registry import AgentSpec, BuildContext, register_agent
+from uld.agents.uld.design_study import VARIANTS
+
+# MR.Q's design-study switches, less the one DR.Q already makes (its default is without reward scaling).
+DESIGN_STUDY = {name: fields for name, fields in VARIANTS.items() if name != "no-reward-scaling"}
+
+
+def build(spec, config: DRQConfig, context: BuildContext):
+    """ULD's agent with DR.Q's configuration, and its faded LAP-prioritized replay."""
+    from uld.agents.uld.agent import ULDAgent, make_buffer
+
+    agent = ULDAgent(spec, config, device=context.device, precision=context.precision, compiled=context.compiled,
+                     cuda_graphs=context.cuda_graphs)
+    return agent, make_buffer(spec, config, context.seed, context.device)
+
+
+AGENT = register_agent(AgentSpec(
+    name="drq", config=DRQConfig, build=build, small=reduced_config, title="DR.Q",
+    description="DR.Q: ULD's update with an InfoNCE term, faded prioritized replay and DR.Q's settings (docs/drq.md)",
+    discrete_actions=True, pixels=True, design_study=DESIGN_STUDY,
+))
+
+__all__ = ["DRQConfig", "reduced_config"]
