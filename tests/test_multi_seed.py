@@ -138,7 +138,7 @@ def test_alm_with_several_seeds_is_one_sentence(tmp_path):
     result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--agent", "alm", "--seeds", "0-2",
                              "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "--seeds with more than one seed trains ULD only" in result.stderr
+    assert "--seeds with more than one seed trains ULD and DR.Q only" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -224,16 +224,22 @@ def _wait_for(predicate, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def stop_with_sigint(command: list[str], run: Path, evaluations: int = 3) -> str:
+    """Run `command`, interrupt it with SIGINT once `run`'s eval.csv has `evaluations` rows (training has
+    started when they outnumber the random phase's), and return its stderr; it must exit as interrupted."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (run / "eval.csv").exists() and len(read_eval_csv(run / "eval.csv")) >= evaluations, 300)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT
+    return stderr
+
+
 def test_sigint_saves_and_the_same_command_resumes_exactly(tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_cli(straight, 600), check=True, capture_output=True, timeout=600)
     run = tmp_path / "interrupted"
-    process = subprocess.Popen(_cli(run, 600), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Interrupt once training has started (the first evaluations after the random phase exist).
-    _wait_for(lambda: (run / "eval.csv").exists() and len(read_eval_csv(run / "eval.csv")) >= 3, 300)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT
+    stderr = stop_with_sigint(_cli(run, 600), run)
     assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
     step = _final_state(run)[1]
     assert 200 <= step < 600

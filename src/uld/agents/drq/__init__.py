@@ -8,15 +8,21 @@ with everything ULD's agent has: many seeds in one process, CUDA graphs, bf16, r
 from __future__ import annotations
 
 from uld.agents.drq.config import DRQConfig, reduced_config
-from uld.agents.registry import AgentSpec, register_agent
-from uld.agents.uld import build
+from uld.agents.registry import AgentSpec, BuildContext, register_agent
+from uld.agents.uld import build as build_uld
 from uld.agents.uld.design_study import VARIANTS
 
 # MR.Q's design-study switches, less the one DR.Q already makes (its default is without reward scaling).
 DESIGN_STUDY = {name: fields for name, fields in VARIANTS.items() if name != "no-reward-scaling"}
 
+
+
+def build(spec, config: DRQConfig, context: BuildContext):
+    """ULD's agent and replay: they take everything DR.Q changes from the config (the faded replay included)."""
+    return build_uld(spec, config, context)
+
+
 AGENT = register_agent(AgentSpec(
-    # ULD's builder: its agent and replay take everything that differs from the config (faded replay included).
     name="drq", config=DRQConfig, build=build, small=reduced_config, title="DR.Q",
     description="DR.Q: ULD's update with an InfoNCE term, faded prioritized replay and DR.Q's settings (docs/drq.md)",
     discrete_actions=True, pixels=True, design_study=DESIGN_STUDY,
