@@ -4,7 +4,9 @@ many seeds in one process update as single seeds; an interrupted run resumes exa
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from uld.agents.stacked import StackedULD, make_buffers
 from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import reduced_config as uld_small
+from uld.analysis.report import ReportConfig, write_report
 from uld.envs.base import EnvSpec
 from uld.train.checkpoint import Checkpointer
 from uld.train.config import TrainConfig
@@ -245,3 +248,45 @@ def test_drq_is_registered_for_vectors_pixels_and_discrete_actions():
     drq = ULDAgent(VECTOR, drq_small(**SIZES))
     obs = torch.tensor(np.ones((2, 5), np.float32))
     assert torch.equal(policy_module(drq, "drq")(obs), torch.tanh(drq.policy.mlp(drq.encoder.f(obs))))
+
+
+# ---- reports against each agent's own paper --------------------------------------------------------
+
+def _run(run_dir: Path, agent: str, seed: int, returns: list[float]) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"env": "dmc:cheetah-run", "seed": seed, "steps": 20,
+                                                     "agent": agent}))
+    (run_dir / "eval.csv").write_text("step,mean_return,returns,wall_seconds\n" + "".join(
+        f"{i * 10},{value!r},{value!r},{i}.0\n" for i, value in enumerate(returns)))
+
+
+def test_report_compares_each_agent_with_its_own_papers_curves(tmp_path):
+    """A sweep of ULD and DR.Q runs with --reference at a root of published curves: ULD's runs are compared with
+    mrq/ (returns 100 + seed), DR.Q's with drq/ (returns 500 + seed), and report.md sets both side by side."""
+    sweep = tmp_path / "sweep"
+    for seed in range(2):
+        _run(sweep / "uld" / f"seed{seed}", "uld", seed, [0.0, 50.0, 110.0])
+        _run(sweep / "drq" / f"seed{seed}", "drq", seed, [0.0, 50.0, 110.0])
+    root = tmp_path / "reference"
+    for folder, base in (("mrq", 100.0), ("drq", 500.0), ("alm", 900.0)):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "dmc.csv").write_text("env,step,seed,return\n" + "".join(
+            f"Dmc-cheetah-run,{step},{seed},{base + seed}\n" for step in (0, 20) for seed in range(2)))
+
+    path = write_report(ReportConfig(str(sweep), reference=str(root), reps=50))
+
+    verdicts = {}
+    for agent in ("uld", "drq"):
+        with open(sweep / "report" / agent / "verdicts.csv") as f:
+            rows = list(csv.DictReader(f))
+        verdicts[agent] = [(row["step"], float(row["reference_mean"]), row["verdict"]) for row in rows]
+    assert verdicts["uld"] == [("0", 100.5, "below"), ("10", 100.5, "below"), ("20", 100.5, "above")]
+    assert verdicts["drq"] == [("0", 500.5, "below"), ("10", 500.5, "below"), ("20", 500.5, "below")]
+    text = path.read_text()
+    assert "ULD: compared step" in text and "DR.Q: compared step" in text
+    assert "| Dmc-cheetah-run | 20 | 110.0 [110.0, 110.0] | 100.5 (20) | above | 20 | 110.0 [110.0, 110.0] | " \
+           "500.5 (20) | below |" in text
+    assert (sweep / "report" / "curves" / "Dmc-cheetah-run.png").stat().st_size > 0
+    # One agent alone keeps the one-report layout, still against its own paper's curves.
+    single = write_report(ReportConfig(str(sweep / "drq"), reference=str(root), reps=50))
+    assert single == sweep / "drq" / "report" / "report.md" and "reference (drq)" in single.read_text()
