@@ -18,6 +18,8 @@ import torch
 
 from test_resume import stop_with_sigint
 from test_stacked import _close_within, _fill
+from test_sync_free import VECTOR as SYNC_VECTOR
+from test_sync_free import _filled_buffer, _guard_updates
 from uld.agents.drq.config import DRQConfig
 from uld.agents.drq.config import reduced_config as drq_small
 from uld.agents.registry import get_agent
@@ -236,6 +238,25 @@ def test_sigint_then_the_same_command_resumes_drq_exactly(tmp_path):
         assert torch.equal(a["buffer"][name], b["buffer"][name])
     assert torch.equal(a["buffer"]["fade"]["birth"], b["buffer"]["fade"]["birth"])
     assert a["buffer"]["fade"]["clock"] == b["buffer"]["fade"]["clock"] == 500
+
+
+def test_drq_updates_with_the_faded_replay_read_nothing_back_to_the_host(monkeypatch):
+    """DR.Q's draws (two sum trees), InfoNCE and unclipped steps are sync-free, as ULD's, so CUDA graphs replay them;
+    the adds between updates age the slots (the faded weights change) and the next update still reads nothing."""
+    torch.manual_seed(0)
+    config = drq_small(**{**SIZES, "random_steps": 0, "buffer_capacity": 200, "fade": 0.9})
+    agent = ULDAgent(SYNC_VECTOR, config)
+    buffer = _filled_buffer(SYNC_VECTOR, config)
+    assert buffer.tree is buffer._fade
+    calls = _guard_updates(monkeypatch, agent)
+    weights = buffer.sampling_weight(torch.arange(200)).clone()
+    for _ in range(3):
+        metrics = agent.update(buffer)
+        obs = np.zeros(SYNC_VECTOR.obs_shape, np.float32)
+        buffer.add(obs, np.zeros(SYNC_VECTOR.action_dim, np.float32), 0.0, obs, False, False)
+    assert calls == {"_update_encoder": 4, "_update_value_and_policy": 3}
+    assert all(torch.isfinite(value).all() for value in metrics.values())
+    assert not torch.equal(buffer.sampling_weight(torch.arange(200)), weights)
 
 
 def test_drq_is_registered_for_vectors_pixels_and_discrete_actions():
