@@ -76,8 +76,9 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
         raise UldError(f"--cpus-per-run must be at least 1, got {config.cpus_per_run}")
     if config.seeds_per_process < 1:
         raise UldError(f"--seeds-per-process must be at least 1, got {config.seeds_per_process}")
-    if config.seeds_per_process > 1 and config.agent != "uld":
-        raise UldError("--seeds-per-process above 1 trains ULD only; drop it to train ALM one seed per process")
+    if config.seeds_per_process > 1 and config.agent not in ("uld", "drq"):  # DR.Q trains with ULD's agent
+        raise UldError(f"--seeds-per-process above 1 trains ULD and DR.Q only; drop it to train "
+                       f"{config.agent.upper()} one seed per process")
     if config.gpus_per_run and config.ray is None:
         raise UldError("--gpus-per-run reserves GPUs on a Ray cluster and needs --ray; on this machine every run "
                        "uses the GPUs torch sees (choose how many share them with --parallel)")
