@@ -427,7 +427,7 @@ class ReplayBuffer:
         if self._fade is not None:
             if "fade" not in state:
                 raise UldError("this checkpoint's replay has no fade ages, so it cannot continue with faded sampling: "
-                               "resume it with the fade it was started with (--fade 1 for none), or start a new run")
+                               "resume it with the fade it was started with (1: none), or start a new run")
             self._fade.load_state_dict(state["fade"])
         weight = self._priority if self.prioritized else torch.ones_like(self._priority)
         self.tree.rebuild(torch.where(self._valid, weight, 0.0))
