@@ -39,7 +39,7 @@ class SweepConfig:
     seeds: str = "0-9"
     """Seeds: a range and/or a list, e.g. 0-9, 0,3,7 or 0-4,9."""
     seeds_per_process: int = 1
-    """Train this many seeds of an env in one process (uld train --seeds, ULD only): stacked networks, one run
+    """Train this many seeds of an env in one process (uld train --seeds, ULD and DR.Q): stacked networks, one run
     directory per seed as before."""
     agent: str = DEFAULT_AGENT
     """Agent to train (uld train --help lists the agents)."""
