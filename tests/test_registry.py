@@ -167,7 +167,7 @@ def test_the_options_offered_are_the_chosen_agents_only(capsys):
 
 
 def test_agents_are_listed_built_ins_first():
-    assert agent_names()[:3] == ["uld", "alm", "toy"]
+    assert agent_names()[:4] == ["uld", "drq", "alm", "toy"]
     assert get_agent("alm").protocol_for("gym:Ant-v5").steps == 500_000
     assert get_agent("uld").protocol_for("dmc:cheetah-run").steps == 500_000
 

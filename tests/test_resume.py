@@ -210,6 +210,17 @@ def _wait_for(predicate, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def stop_with_sigint(command: list[str], run: Path, evaluations: int = 3) -> str:
+    """Run `command`, interrupt it with SIGINT once `run`'s eval.csv has `evaluations` rows (training has
+    started when they outnumber the random phase's), and return its stderr; it must exit as interrupted."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (run / "eval.csv").exists() and len(read_eval_csv(run / "eval.csv")) >= evaluations, 300)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT
+    return stderr
+
+
 # ---- stopped with SIGINT, resumed: S = 1 and S = 2 seeds, every way an agent holds its seeds ----------------
 
 ULD_TINY = ["--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",

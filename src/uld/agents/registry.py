@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from uld.envs.base import EnvSpec
     from uld.envs.protocol import Protocol
 
-BUILTIN_AGENTS = ("uld.agents.uld", "uld.agents.alm")
+BUILTIN_AGENTS = ("uld.agents.uld", "uld.agents.drq", "uld.agents.alm")
 """Packages whose import registers the agents that ship with uld, in the order `uld train --help` lists them."""
 
 DEFAULT_AGENT = "uld"

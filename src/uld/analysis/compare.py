@@ -14,6 +14,21 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+PUBLISHED_CURVES = {"uld": "mrq", "drq": "drq", "alm": "alm"}
+"""Agent -> the folder of its paper's published curves under the reference root (shared/reference):
+ULD is compared with MR.Q's curves, DR.Q with DR.Q's."""
+
+
+def reference_folder(reference: Path, agent: str | None) -> Path:
+    """The curves to compare `agent`'s runs with: the subfolder of `reference` that holds its paper's curves
+    (PUBLISHED_CURVES) when `reference` is a root of such folders, else `reference` itself."""
+    folder = PUBLISHED_CURVES.get(agent or "")
+    if folder is not None and (reference / folder).is_dir():
+        return reference / folder
+    return reference
+
 
 VERDICTS = ("within", "above", "below")
 """Where a value lies against the reference's seeds: within [min, max], above max, below min."""

@@ -34,6 +34,10 @@ def steps_label(step: float, _position=None) -> str:
     return f"{step:g}"
 
 
+SWEEP_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple")
+REFERENCE_COLORS = ("tab:gray", "tab:orange", "tab:olive", "tab:brown")
+
+
 def curve_figure(env: str, curves: dict[str, Curves], budget: int, reps: int, seed: int, full_range: bool = False):
     """The figure of one task's learning curves: mean return over seeds with its 95% bootstrap band,
     for this sweep (the first source) and the reference.
@@ -55,20 +59,25 @@ def curve_figure(env: str, curves: dict[str, Curves], budget: int, reps: int, se
             if keep.any():
                 tables[label] = steps[keep], table[:, keep]
     right = max([budget] + [int(steps[-1]) for steps, _ in tables.values()]) if full_range else budget
+    # Sweeps (the first source, and any other "... (this sweep)": one per agent of a sweep of several) as
+    # lines with markers, references as steps; each its own colour.
+    sweep_colors, reference_colors = iter(SWEEP_COLORS), iter(REFERENCE_COLORS)
     for index, (label, (steps, table)) in enumerate(tables.items()):
         mean, low, high = curve_with_ci(table, reps=reps, seed=seed)
         seeds = f"mean of {_count(table.shape[0], 'seed')}, 95% CI"
-        if index == 0:
-            ax.plot(steps, mean, color="tab:blue", linewidth=2, marker="o" if steps.size <= 20 else None,
+        if index == 0 or label.endswith("(this sweep)"):
+            color = next(sweep_colors, "black")
+            ax.plot(steps, mean, color=color, linewidth=2, marker="o" if steps.size <= 20 else None,
                     markersize=4, clip_on=False, label=f"{label}: {seeds}", zorder=3)
-            ax.fill_between(steps, low, high, color="tab:blue", alpha=0.2, linewidth=0)
+            ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
             continue
         if steps[-1] < right:  # hold the last evaluation to the right edge
             steps, mean, low, high = (np.append(x, x[-1]) for x in (steps, mean, low, high))
             steps[-1] = right
-        ax.plot(steps, mean, color="tab:gray", linewidth=2, drawstyle="steps-post", clip_on=False,
+        color = next(reference_colors, "black")
+        ax.plot(steps, mean, color=color, linewidth=2, drawstyle="steps-post", clip_on=False,
                 label=f"{label}: {seeds}, at or below each step")
-        ax.fill_between(steps, low, high, color="tab:gray", alpha=0.2, linewidth=0, step="post")
+        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0, step="post")
     ax.set_xlim(0, right)
     ax.xaxis.set_major_formatter(FuncFormatter(steps_label))
     shown = "full range" if full_range else f"up to the sweep's budget of {budget:,} steps"

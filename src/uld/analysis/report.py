@@ -1,5 +1,9 @@
 """`uld report`: a sweep directory -> results.csv, learning-curve and aggregate-metric plots, report.md.
 
+Each agent's runs are compared with its own paper's curves when --reference is a root of published
+curves (ULD with mrq/, DR.Q with drq/: compare.reference_folder). A sweep of several agents gets one
+report per agent (report/<agent>/) and a report.md that sets them side by side.
+
 Results use the tidy format of the published curves (shared/reference/README.md): one row per
 (env, step, seed) with the evaluation's mean return, env named as there (``Dmc-cheetah-run``).
 A reference is compared at the sweep's own steps (analysis/compare.py, docs/benchmarks.md "Equal budgets").
@@ -17,8 +21,8 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from uld.analysis.compare import (StepComparison, compare_curve, describe_counts, step_at_or_below,
-                                  verdict_counts)
+from uld.analysis.compare import (StepComparison, compare_curve, describe_counts, reference_folder,
+                                  step_at_or_below, verdict_counts)
 from uld.analysis.metrics import (CONFIDENCE, Normalization, aggregate_metrics, aggregate_names, curve_with_ci,
                                   normalization_for)
 from uld.analysis.plots import plot_aggregates, plot_curve, plot_profiles
@@ -46,7 +50,9 @@ class ReportConfig:
     sweep_dir: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="SWEEP_DIR")]]
     """The sweep directory."""
     reference: str | None = None
-    """A folder of published curves in the tidy env,step,seed,return format (e.g. shared/reference/mrq) to compare with."""
+    """Published curves in the tidy env,step,seed,return format to compare with: a folder of them
+    (e.g. shared/reference/mrq), or a root of one folder per paper (shared/reference), each agent's runs
+    then compared with its own paper's (ULD: mrq, DR.Q: drq)."""
     out: str | None = None
     """Where to write the report (default: <sweep_dir>/report)."""
     reps: int = 2000
@@ -103,15 +109,32 @@ class Curves:
 
 # ---- reading -----------------------------------------------------------------------------------------
 
-def load_sweep(sweep_dir: Path) -> tuple[Curves, list[str]]:
-    """Every run under the directory (any folder with config.json and eval.csv); the unfinished ones as text."""
-    curves, unfinished = Curves(), []
+def _runs(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    """(eval.csv, config) of every run under the directory (any folder with config.json and eval.csv)."""
+    runs = []
     for eval_path in sorted(sweep_dir.rglob("eval.csv")):
         config_path = eval_path.with_name("config.json")
         # Files that uld train --restart moved aside are not a run of the sweep.
-        if not config_path.exists() or any(part.startswith("restarted-") for part in eval_path.parts):
+        if config_path.exists() and not any(part.startswith("restarted-") for part in eval_path.parts):
+            runs.append((eval_path, read_run_config(eval_path.parent)))
+    return runs
+
+
+def sweep_agents(sweep_dir: Path) -> list[str]:
+    """The agents of the runs under the directory, in the order `uld train --help` lists them (others last)."""
+    from uld.agents.registry import agent_names
+
+    known = agent_names()
+    agents = {str(config.get("agent", "uld")) for _, config in _runs(sweep_dir)}
+    return sorted(agents, key=lambda agent: (known.index(agent) if agent in known else len(known), agent))
+
+
+def load_sweep(sweep_dir: Path, agent: str | None = None) -> tuple[Curves, list[str]]:
+    """Every run under the directory (of `agent` only, when given); the unfinished ones as text."""
+    curves, unfinished = Curves(), []
+    for eval_path, config in _runs(sweep_dir):
+        if agent is not None and config.get("agent", "uld") != agent:
             continue
-        config = read_run_config(eval_path.parent)
         env = reference_name(config["env"])
         rows = read_eval_csv(eval_path)
         for row in rows:
@@ -197,15 +220,31 @@ def write_report(config: ReportConfig) -> Path:
     if not sweep_dir.is_dir():
         raise UldError(f"{sweep_dir} is not a directory; pass the sweep directory that uld sweep wrote")
     out = Path(config.out) if config.out else sweep_dir / "report"
+    agents = sweep_agents(sweep_dir)
+    if len(agents) <= 1:
+        return _write_agent_report(config, sweep_dir, out, agents[0] if agents else None)
+    for agent in agents:
+        _write_agent_report(config, sweep_dir, out / agent, agent)
+    return _write_side_by_side(config, sweep_dir, out, agents)
+
+
+def _reference(config: ReportConfig, agent: str | None) -> tuple[str | None, Curves | None]:
+    """(label, curves) of the published curves `agent`'s runs are compared with; (None, None) without --reference."""
+    if not config.reference:
+        return None, None
+    folder = reference_folder(Path(config.reference), agent)
+    return f"reference ({folder.resolve().name})", load_tidy(folder)
+
+
+def _write_agent_report(config: ReportConfig, sweep_dir: Path, out: Path, agent: str | None) -> Path:
+    """The report of one agent's runs (all the runs when `agent` is None)."""
     (out / "curves").mkdir(parents=True, exist_ok=True)
-    results, unfinished = load_sweep(sweep_dir)
+    results, unfinished = load_sweep(sweep_dir, agent)
     write_results_csv(results, out / "results.csv")
     sources = {"this sweep": results}
-    reference_label = None
-    if config.reference:
-        reference_label = f"reference ({Path(config.reference).resolve().name})"
-        sources[reference_label] = load_tidy(Path(config.reference))
-    reference = sources.get(reference_label)
+    reference_label, reference = _reference(config, agent)
+    if reference is not None and reference_label is not None:
+        sources[reference_label] = reference
     runs = sum(len(by_seed) for by_seed in results.returns.values())
     comparisons = {env: task_comparisons(results, reference, env) for env in results.returns} if reference else {}
     if reference:
@@ -238,6 +277,54 @@ def write_report(config: ReportConfig) -> Path:
         lines += ["## Runs not finished", "", *(f"- {run}" for run in unfinished), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    return path
+
+
+def _write_side_by_side(config: ReportConfig, sweep_dir: Path, out: Path, agents: list[str]) -> Path:
+    """report.md for a sweep of several agents: per task, each agent's return at its compared step beside its
+    own reference at the same budget, and one learning-curve plot per task with every agent and reference."""
+    from uld.agents.registry import agent_names, get_agent
+
+    titles = {agent: get_agent(agent).title or agent if agent in agent_names() else agent for agent in agents}
+    results = {agent: load_sweep(sweep_dir, agent)[0] for agent in agents}
+    references = {agent: _reference(config, agent) for agent in agents}
+    sources: dict[str, Curves] = {}
+    for agent in agents:
+        sources[f"{titles[agent]} (this sweep)"] = results[agent]
+        label, reference = references[agent]
+        if label is not None and reference is not None:
+            sources[label] = reference
+    header, rule = "| task |", "|---|"
+    for agent in agents:
+        header += f" {titles[agent]}: compared step | return | its reference at the same budget (step) | verdict |"
+        rule += "---|---|---|---|"
+    lines = [f"# Sweep report: {sweep_dir.resolve().name}", "",
+             "Runs of " + ", ".join(f"{titles[a]} ([report]({a}/report.md))" for a in agents) + f" in `{sweep_dir}`, "
+             "each agent's tasks scored at their compared step and set beside the published curves of its own "
+             "paper at the same budget (each agent's report has the details).", "", header, rule]
+    envs = list(dict.fromkeys(env for agent in agents for env in results[agent].returns))
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    for env in envs:
+        row = f"| {env} |"
+        for agent in agents:
+            curves, (_, reference) = results[agent], references[agent]
+            step = curves.common_step(env) if env in curves.returns else None
+            if step is None:
+                row += " – | – | – | – |"
+                continue
+            row += f" {step:,} | {_mean_cell(list(curves.at(env, step).values()))} |"
+            compared = [c for c in task_comparisons(curves, reference, env) if c.step == step] if reference else []
+            row += (f" {compared[0].reference_mean:.1f} ({compared[0].reference_step:,}) | {compared[0].verdict} |"
+                    if compared else " – | – |")
+        lines.append(row)
+    lines += ["", "## Learning curves", ""]
+    for env in envs:
+        budget = max(results[agent].final_step.get(env, 0) for agent in agents)
+        plot_curve(env, {label: c for label, c in sources.items() if env in c.returns}, out / "curves" / f"{env}.png",
+                   budget, config.reps, config.seed, config.full_range)
+        lines.append(f"![{env}](curves/{env}.png)")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

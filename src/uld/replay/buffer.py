@@ -42,6 +42,7 @@ from torch import Tensor
 
 from uld.devices import load_generator_state, new_generator
 from uld.errors import UldError
+from uld.replay.faded import FadedTree
 from uld.replay.sum_tree import SumTree
 
 
@@ -102,6 +103,8 @@ class ReplayBuffer:
         prioritized: LAP sampling (docs/algorithm.md, Replay); False samples valid starts uniformly.
         alpha: LAP exponent applied to |TD error|.
         min_priority: LAP clamp below which |TD error| does not lower a priority.
+        fade: faded sampling (uld/replay/faded.py): weights times max(fade^age, fade_floor); None or 1: none.
+        fade_floor: the floor of the fade factor.
         seed: seed of the buffer's own random generator (a torch.Generator on `device`).
         obs_dtype: storage dtype of observations (float32 vectors, uint8 frames).
         device: where everything is stored and sampled (the agent's device).
@@ -117,6 +120,8 @@ class ReplayBuffer:
         prioritized: bool = True,
         alpha: float = 0.4,
         min_priority: float = 1.0,
+        fade: float | None = None,
+        fade_floor: float = 0.1,
         seed: int = 0,
         obs_dtype: torch.dtype | np.dtype | type = torch.float32,
         device: torch.device | str = "cpu",
@@ -144,7 +149,8 @@ class ReplayBuffer:
         self._transitions_forgotten = zeros(dtype=torch.int64)
         self._abs_reward_forgotten = zeros(dtype=torch.float64)
         self._ever_terminated = zeros(dtype=torch.bool)
-        self.tree = SumTree(capacity, self.device)
+        self._fade = FadedTree(capacity, fade, fade_floor, self.device) if fade is not None and fade < 1 else None
+        self.tree: SumTree | FadedTree = self._fade or SumTree(capacity, self.device)
         self.generator = new_generator(self.device, seed)
         self._dirty: list[int] = []  # slots whose tree leaf is stale; refreshed before the next draw
         # The valid starts as the host knows them (a subset of `valid`: see can_sample), and how many.
@@ -255,6 +261,8 @@ class ReplayBuffer:
         self.abs_reward_added += abs(float(reward))
         stage.terminal |= bool(terminated)
         self.used = max(self.used, min(p + 2, self.capacity))
+        if self._fade is not None:  # the insertion ages every slot; the one that reaches the floor changes tree
+            self._dirty.extend(self._fade.insert(p))
 
         k, H = self.episode_step, self.horizon
         if terminated:
@@ -421,6 +429,8 @@ class ReplayBuffer:
         state.update({name: getattr(self, name).cpu().clone() for name in self._TENSORS})
         state.update({name: getattr(self, name) for name in self._COUNTERS})
         state["generator"] = self.generator.get_state()
+        if self._fade is not None:
+            state["fade"] = self._fade.state_dict(self.used)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -444,6 +454,11 @@ class ReplayBuffer:
         self._valid_on_host[:used] = np.asarray(state["valid"], dtype=bool)
         self._num_valid_on_host = int(self._valid_on_host.sum())
         load_generator_state(self.generator, state["generator"])  # exact on the device that saved it
+        if self._fade is not None:
+            if "fade" not in state:
+                raise UldError("this checkpoint's replay has no fade ages, so it cannot continue with faded sampling: "
+                               "resume it with the fade it was started with (1: none), or start a new run")
+            self._fade.load_state_dict(state["fade"])
         weight = self._priority if self.prioritized else torch.ones_like(self._priority)
         self.tree.rebuild(torch.where(self._valid, weight, 0.0))
 

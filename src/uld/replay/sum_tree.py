@@ -71,7 +71,11 @@ class SumTree:
         the last stored leaf, clamped into range: callers check `total` beforehand where it can be 0.
         """
         mass = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=self._tree.device) * self._tree[1]
-        node = torch.ones(batch_size, dtype=torch.int64, device=self._tree.device)
+        return self.descend(mass)
+
+    def descend(self, mass: Tensor) -> Tensor:
+        """The leaf at which the running sum of weights passes each `mass` (float64, in [0, total])."""
+        node = torch.ones(mass.shape[0], dtype=torch.int64, device=self._tree.device)
         for _ in range(self._depth):
             children = self._pairs[node]
             left_mass, right_mass = children[:, 0], children[:, 1]

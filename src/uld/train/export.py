@@ -59,13 +59,13 @@ class ALMPolicy(nn.Module):
 
 def policy_module(agent, name: str) -> nn.Module:
     """The deterministic policy of an agent as a module of its own (copies of the networks, on the CPU)."""
-    if name == "uld":
+    if name in ("uld", "drq"):  # DR.Q is ULD's agent with another configuration
         spec = agent.spec
         module = ULDPolicy(agent.encoder.state_encoder, agent.policy.mlp, spec.discrete, spec.pixels)
     elif name == "alm":
         module = ALMPolicy(agent.encoder, agent.actor)
     else:
-        raise UldError(f"uld export knows the agents uld and alm, not {name!r}")
+        raise UldError(f"uld export knows the agents uld, drq and alm, not {name!r}")
     return copy.deepcopy(module).cpu().eval().requires_grad_(False)
 
 

@@ -36,10 +36,13 @@ RANGES: dict[str, dict[str, Range]] = {
     "TrainConfig": {"seed": (0, 2**32 - 1, True, True), "checkpoint_minutes": POSITIVE, "env_workers": AT_LEAST_0},
     "ULDConfig": {"random_steps": AT_LEAST_0, "discount": UNIT, "alpha": UNIT, "min_priority": POSITIVE,
                   "encoder_lr": POSITIVE, "value_lr": POSITIVE, "policy_lr": POSITIVE, "value_grad_clip": POSITIVE,
-                  "gumbel_tau": POSITIVE, "bin_range": POSITIVE, "num_bins": (2, None, True, False)},
+                  "gumbel_tau": POSITIVE, "bin_range": POSITIVE, "num_bins": (2, None, True, False),
+                  "infonce_temperature": POSITIVE, "fade": (0, 1, False, True), "fade_floor": (0, 1, False, True)},
     "ALMConfig": {"random_steps": AT_LEAST_0, "discount": UNIT, "td_lambda": UNIT, "tau": (0, 1, False, True),
                   "lr": POSITIVE, "grad_clip": POSITIVE},
 }
+
+RANGES["DRQConfig"] = RANGES["ULDConfig"]  # DR.Q's config is ULD's with other defaults
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -8,7 +8,7 @@ from uld.agents.uld.design_study import VARIANTS
 
 
 def build(spec, config: ULDConfig, context: BuildContext):
-    """The ULD agent and its LAP-prioritized replay."""
+    """ULD's agent and its LAP-prioritized replay (faded when the config asks: DR.Q)."""
     from uld.agents.uld.agent import ULDAgent, make_buffer
 
     agent = ULDAgent(spec, config, device=context.device, precision=context.precision, compiled=context.compiled,

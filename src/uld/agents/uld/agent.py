@@ -101,7 +101,7 @@ class ULDAgent(UpdateSchedule):
         self.device = torch.device(device)
         cfg = self.config
         self.encoder = Encoder(spec.obs_shape, spec.action_dim, cfg.zs_dim, cfg.zsa_dim, cfg.za_dim,
-                               cfg.hidden_dim, cfg.num_bins, spec.pixels,
+                               cfg.encoder_width, cfg.num_bins, spec.pixels,
                                nonlinear_model=cfg.latent_model == "mlp").to(self.device)
         self.policy = Policy(cfg.zs_dim, spec.action_dim, cfg.hidden_dim, spec.discrete, cfg.gumbel_tau).to(self.device)
         self.value = Value(cfg.zsa_dim, cfg.hidden_dim, linear=cfg.value_model == "linear").to(self.device)
@@ -233,7 +233,8 @@ class ULDAgent(UpdateSchedule):
         for optimizer in self._value_step_optimizers:
             optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.value_grad_clip, foreach=True)
+        if cfg.value_grad_clip is not None:  # DR.Q removes the clip (spec/DRQ.md, D6)
+            torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.value_grad_clip, foreach=True)
         for optimizer in self._value_step_optimizers:
             optimizer.step()
         return zs, td_error, metrics
@@ -273,12 +274,15 @@ class ULDAgent(UpdateSchedule):
 
 
 def make_buffer(spec: EnvSpec, config: ULDConfig, seed: int, device: str | torch.device = "cpu") -> ReplayBuffer:
-    """The replay ULD learns from: LAP-prioritized H-step subsequences (docs/algorithm.md, Replay), on `device`.
+    """The replay ULD learns from: LAP-prioritized H-step subsequences (docs/algorithm.md, Replay), on `device`,
+    faded by age when the config asks for it (DR.Q).
 
     Pixel observations go to a FrameStackBuffer, which stores each frame once and rebuilds the stacks.
     """
+    # DR.Q fades prioritized sampling only (spec/DRQ.md, D3): a uniform replay stays uniform.
+    fade = config.fade if config.prioritized else None
     options = dict(prioritized=config.prioritized, alpha=config.alpha, min_priority=config.min_priority, seed=seed,
-                   device=device)
+                   device=device, fade=fade, fade_floor=config.fade_floor)
     if spec.pixels:
         return FrameStackBuffer(spec.obs_shape, spec.action_dim, config.buffer_capacity, config.horizon,
                                 history=spec.frame_history, **options)

@@ -36,8 +36,8 @@ class ULDConfig:
     """encoder loss / unroll horizon H_enc."""
     q_horizon: int = 3
     """critic / n-step horizon H_Q."""
-    value_grad_clip: float = 20.0
-    """critic / global gradient-norm clip of the value networks."""
+    value_grad_clip: float | None = 20.0
+    """critic / global gradient-norm clip of the value networks (None: no clip, as DR.Q)."""
     prioritized: bool = True
     """replay / LAP prioritized sampling."""
     alpha: float = 0.4
@@ -51,7 +51,9 @@ class ULDConfig:
     za_dim: int = 256
     """sizes / action embedding za."""
     hidden_dim: int = 512
-    """sizes / hidden width of every MLP."""
+    """sizes / hidden width of every MLP (the encoder's too, unless encoder_hidden_dim is set)."""
+    encoder_hidden_dim: int | None = None
+    """sizes / hidden width of the encoder's MLPs f, g and the MLP latent model (None: hidden_dim; DR.Q widens it)."""
     encoder_lr: float = 1e-4
     """optim / AdamW learning rate of the encoder."""
     value_lr: float = 3e-4
@@ -70,6 +72,18 @@ class ULDConfig:
     """reward model / bins at symexp(linspace(-bin_range, bin_range, num_bins))."""
     pixel_augmentation: bool = True
     """pixels / DrQ shift augmentation (replicate-pad 4, random integer shift per image)."""
+    infonce_weight: float = 0.0
+    """encoder loss / weight of the InfoNCE term at each unroll step (0: none, as ULD; DR.Q's D1 uses 0.1)."""
+    infonce_temperature: float = 0.1
+    """encoder loss / temperature of the InfoNCE logits, cosine similarity / temperature (DR.Q's D2)."""
+    infonce_masking: Literal["alive-fraction", "per-sample"] = "alive-fraction"
+    """encoder loss / InfoNCE after a termination: the released DR.Q's batch mean scaled by the fraction of rows
+    alive, or each sample's term masked (docs/drq.md)."""
+    fade: float = 1.0
+    """replay / faded prioritized replay: each start's weight times max(fade^age, fade_floor), age in insertions
+    (1: no fade, as ULD; DR.Q's D3 uses 0.9999)."""
+    fade_floor: float = 0.1
+    """replay / the floor of the fade factor (DR.Q's D3)."""
 
     # Switches of MR.Q's design study (uld sweep --design-study). The defaults are the published algorithm; 1-step
     # returns and no unroll are q_horizon=1 and enc_horizon=1.
@@ -91,6 +105,11 @@ class ULDConfig:
     """design study / train the encoder with the dynamics, reward and done losses (False: by the critic loss)."""
 
     @property
+    def encoder_width(self) -> int:
+        """Hidden width of the encoder's MLPs."""
+        return self.hidden_dim if self.encoder_hidden_dim is None else self.encoder_hidden_dim
+
+    @property
     def encoder_window(self) -> int:
         """Steps an encoder batch needs: H_enc, plus the next action when the dynamics target is zsa."""
         return self.enc_horizon + (1 if self.dynamics_target == "zsa" else 0)
@@ -110,16 +129,18 @@ class ULDConfig:
         )
 
 
+SMALL = dict(
+    batch_size=64,
+    zs_dim=128,
+    zsa_dim=128,
+    za_dim=64,
+    hidden_dim=128,
+    target_update_period=100,
+    random_steps=1_000,
+)
+"""The fields `--small` changes: the same algorithm at a size a laptop CPU trains in minutes."""
+
+
 def reduced_config(**overrides) -> ULDConfig:
     """The same algorithm at a size a laptop CPU trains in minutes (for learning tests and demos)."""
-    small = dict(
-        batch_size=64,
-        zs_dim=128,
-        zsa_dim=128,
-        za_dim=64,
-        hidden_dim=128,
-        target_update_period=100,
-        random_steps=1_000,
-    )
-    small.update(overrides)
-    return ULDConfig(**small)
+    return ULDConfig(**{**SMALL, **overrides})

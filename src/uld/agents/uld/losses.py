@@ -52,6 +52,17 @@ def n_step_return(reward: Tensor, terminated: Tensor, discount: float) -> tuple[
     return R, ND
 
 
+def info_nce(query: Tensor, key: Tensor, temperature: float) -> Tensor:
+    """Per-query InfoNCE c_b = -log softmax_j(cos(q_b, k_j) / temperature)[b] (spec/DRQ.md, D2).
+
+    query (B, D): the predicted next zs; key (B, D): the target encoder's zs of the true next states.
+    The positive of query b is key b; the other keys of the batch are its negatives; one direction
+    (a softmax over the keys of each query). Returns (B,).
+    """
+    logits = F.normalize(query.float(), dim=-1) @ F.normalize(key.float(), dim=-1).transpose(-2, -1) / temperature
+    return -torch.diagonal(F.log_softmax(logits, dim=-1), dim1=-2, dim2=-1)
+
+
 def encoder_loss(
     encoder: Encoder,
     obs0: Tensor,
@@ -66,6 +77,9 @@ def encoder_loss(
     done_weight: float,
     use_done: bool | Tensor,
     next_action: Tensor | None = None,
+    infonce_weight: float = 0.0,
+    infonce_temperature: float = 0.1,
+    infonce_masking: str = "alive-fraction",
 ) -> tuple[Tensor, Metrics]:
     """The latent model unrolled H_enc steps from zs = f(s_0) (docs/algorithm.md, Encoder).
 
@@ -73,10 +87,14 @@ def encoder_loss(
     after a terminal are masked; terms are summed over the unroll. `use_done` is False (or a false
     tensor) until the environment has ever terminated. Design study: with `next_action` (a_{i+1}), the dynamics term
     compares g(predicted zs, a_{i+1}) with target_zs[:, i] = g_target(f_target(s_{i+1}), a_{i+1}).
+
+    DR.Q (docs/drq.md): with infonce_weight > 0, an InfoNCE term between the predicted zs and
+    target_zs at each step; "alive-fraction" masking multiplies the step's batch mean by the
+    fraction of rows not yet past a termination (the released code), "per-sample" masks each row's term.
     """
     zs = encoder.f(obs0)
     mask = torch.ones_like(reward[:, 0])
-    dynamics = reward_ce = done_mse = zs.new_zeros(())
+    dynamics = reward_ce = done_mse = infonce = zs.new_zeros(())
     for i in range(action.shape[1]):
         done_pred, zs, reward_logits = encoder.predict(encoder.g(zs, action[:, i]))
         predicted = zs if next_action is None else encoder.g(zs, next_action[:, i])
@@ -85,16 +103,22 @@ def encoder_loss(
         ce = -(target_dist * F.log_softmax(reward_logits.float(), dim=-1)).sum(-1)
         reward_ce = reward_ce + (mask * ce).mean()
         done_mse = done_mse + (mask * (done_pred.squeeze(-1).float() - terminated[:, i]).pow(2)).mean()
+        if infonce_weight:
+            c = info_nce(predicted, target_zs[:, i], infonce_temperature)
+            infonce = infonce + ((mask * c).mean() if infonce_masking == "per-sample" else c.mean() * mask.mean())
         mask = mask * (1.0 - terminated[:, i])
     # The done term counts once the environment has ever terminated: a gate of 0 or 1 (a device
     # tensor in the agent, so that the update never branches on a value it would have to read back).
     loss = dynamics_weight * dynamics + reward_weight * reward_ce + done_weight * (done_mse * use_done)
-    return loss, {
-        "encoder/loss": loss.detach(),
+    metrics = {
         "encoder/dynamics": dynamics.detach(),
         "encoder/reward_ce": reward_ce.detach(),
         "encoder/done_mse": done_mse.detach(),
     }
+    if infonce_weight:  # DR.Q's term (spec/DRQ.md, D1): ULD's loss is left as it was, not + 0
+        loss = loss + infonce_weight * infonce
+        metrics["encoder/infonce"] = infonce.detach()
+    return loss, {"encoder/loss": loss.detach(), **metrics}
 
 
 def critic_target(
@@ -146,5 +170,6 @@ def actor_loss(
     action, pre = policy(zs, gumbel)
     q = value(encoder.g(zs, action)).float()
     penalty = pre.float().pow(2).mean()
-    loss = -q.mean() + pre_activation_weight * penalty
+    # DR.Q drops the penalty (spec/DRQ.md, D7): with weight 0 it is logged but not added.
+    loss = -q.mean() + pre_activation_weight * penalty if pre_activation_weight else -q.mean()
     return loss, {"actor/loss": loss.detach(), "actor/pre_activation": penalty.detach()}

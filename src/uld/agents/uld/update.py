@@ -87,7 +87,10 @@ def encoder_step_loss(nets, config: ULDConfig, bins: Tensor, obs: Tensor, action
         return losses.encoder_loss(nets.encoder, obs0=obs[0], action=action[:, :H], reward=reward[:, :H],
                                    terminated=terminated[:, :H], target_zs=target, bins=bins,
                                    dynamics_weight=config.dynamics_weight, reward_weight=config.reward_weight,
-                                   done_weight=config.done_weight, use_done=use_done, next_action=next_action)
+                                   done_weight=config.done_weight, use_done=use_done, next_action=next_action,
+                                   infonce_weight=config.infonce_weight,
+                                   infonce_temperature=config.infonce_temperature,
+                                   infonce_masking=config.infonce_masking)
 
 
 def target_action(policy_target, zs_next: Tensor, noise: Tensor, config: ULDConfig, discrete: bool,
