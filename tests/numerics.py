@@ -51,6 +51,13 @@ def sum_reorder_bound(term_sizes: torch.Tensor, n: int, eps: float = FP32_EPS) -
     return 2 * (n * u / (1 - n * u)) * term_sizes
 
 
+def network_rounding_bound(outputs: torch.Tensor, layers: int, terms: int) -> torch.Tensor:
+    """How far another kernel's fp32 outputs of a network may be from these, per row: each of `layers` layers
+    sums at most `terms` products that the other kernel may reorder (sum_reorder_bound), and each is followed
+    by a LayerNorm (or is the output), so that its terms are of the size of the row's largest output."""
+    return layers * sum_reorder_bound(outputs.detach().double().abs().amax(-1), terms)
+
+
 def adam_first_step(grad: torch.Tensor) -> torch.Tensor:
     """AdamW's first update direction, m_hat / (sqrt(v_hat) + eps) = g / (|g| + eps), in float64.
 
@@ -80,3 +87,24 @@ def assert_same_argmax(what: str, actions, reference_logits: torch.Tensor, bound
     flipped = actions != logits.argmax(-1)
     assert not (flipped & decisive).any(), \
         f"{what}: rows {(flipped & decisive).nonzero().flatten().tolist()} differ where the margin exceeds 2 x bound"
+
+
+def main(paths: list[str]) -> None:
+    """Print the worst error / bound ratio of each test case in ratio files, one column per file."""
+    import collections
+
+    worst: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    for path in paths:
+        for line in open(path):
+            test, _, ratio = line.rstrip("\n").split("\t")
+            case = test.split("::", 1)[-1]
+            worst[case][path] = max(worst[case].get(path, 0.0), float(ratio))
+    print("case\t" + "\t".join(paths))
+    for case in sorted(worst):
+        print(case + "\t" + "\t".join(f"{worst[case][p]:.3g}" if p in worst[case] else "-" for p in paths))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import uld
-from numerics import assert_same_argmax, assert_within, sum_reorder_bound
+from numerics import assert_same_argmax, assert_within, network_rounding_bound
 from uld.agents.alm.config import reduced_config as reduced_alm
 from uld.agents.uld.config import reduced_config
 from uld.cli import main
@@ -79,11 +79,10 @@ def _pre_activations(trained, obs: np.ndarray) -> torch.Tensor:
 
 
 def _rounding_bound(pre: torch.Tensor) -> torch.Tensor:
-    """How far another runtime's fp32 pre-activations may be from torch's, per row. The network is at most 8
-    layers (f: 4 convolutions and a Linear, or 3 Linears; pi: 3 Linears), each a sum of at most 32 x 7 x 7 + 1
-    terms that another kernel may reorder (numerics.sum_reorder_bound), each normalised by a LayerNorm so that
-    its terms are of the size of the row's largest output; tanh is 1-Lipschitz, so it bounds the actions too."""
-    return 8 * sum_reorder_bound(pre.abs().amax(-1), 32 * 7 * 7 + 1)
+    """How far another runtime's fp32 pre-activations may be from torch's, per row: at most 8 layers (f: 4
+    convolutions and a Linear, or 3 Linears; pi: 3 Linears) of at most 32 x 7 x 7 + 1 terms; tanh is
+    1-Lipschitz, so it bounds the actions too."""
+    return network_rounding_bound(pre, layers=8, terms=32 * 7 * 7 + 1)
 
 
 def _onnx_actions(path: Path, obs: np.ndarray) -> np.ndarray:
@@ -98,6 +97,7 @@ def _torchscript_actions(path: Path, obs: np.ndarray) -> np.ndarray:
     return torch.jit.load(str(path)).forward(torch.from_numpy(obs)).numpy()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind, count", [("vector", 64), ("discrete", 64), ("pixels", 12), ("atari", 24)])
 def test_exported_actions_equal_the_agents(runs, tmp_path, kind, count):
     """vector: dmc:cartpole-balance (continuous); discrete: gym:CartPole-v1; pixels: dmc-pixels (uint8
@@ -151,6 +151,7 @@ def test_metadata_describes_the_model(runs, tmp_path):
     assert json.loads(extra[METADATA_KEY])["observation"]["dtype"] == "uint8"
 
 
+@pytest.mark.numerics
 def test_exported_models_run_without_uld(runs, tmp_path):
     obs = _observations("dmc:cartpole-balance", 8)
     np.save(tmp_path / "obs.npy", obs)

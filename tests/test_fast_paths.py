@@ -65,6 +65,7 @@ def _inputs(case: str):
     return x, weight, bias
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", ["2-d", "3-d, not contiguous", "no bias", "frozen weight", "frozen input"])
 def test_onednn_linear_matches_f_linear_forward_and_backward(onednn_on, case):
     x, weight, bias = _inputs(case)
@@ -207,6 +208,7 @@ def test_shift_augment_on_a_time_major_view_draws_and_writes_in_that_order():
     assert len({tuple(row.tolist()) for row in shifted}) > 1
 
 
+@pytest.mark.numerics
 def test_pixel_encoder_chunked_no_grad_pass_equals_one_pass():
     """Chunks of the batch may be summed in another order (GEMM blocking depends on the batch size). Each
     convolution output sums 32 x 3 x 3 products and the Linear 32 x 7 x 7 + 1; the reordering errors, bounded

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from numerics import FP32_EPS, adam_first_step, assert_within
+from numerics import FP32_EPS, adam_first_step, assert_same_argmax, assert_within, network_rounding_bound
 from uld.agents.stacked import StackedULD, make_buffers
 from uld.agents.uld.agent import ULDAgent
 from uld.agents.uld.config import reduced_config
@@ -87,6 +87,7 @@ def _grads(module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in module.named_parameters()}
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("spec,looped,precision", [
     (VECTOR, False, "fp32"), (PIXELS, False, "fp32"), (DISCRETE, False, "fp32"), (ATARI_LIKE, False, "fp32"),
     (VECTOR, True, "fp32"), (PIXELS, True, "fp32"), (ATARI_LIKE, True, "fp32"),
@@ -206,19 +207,36 @@ def test_seeds_are_independent(looped):
     assert any(not torch.equal(a[key][1], b[key][1]) for key in a)
 
 
+@pytest.mark.numerics
 def test_discrete_acting_equals_single_seed_acting():
     """Discrete actions: seed k's greedy action is the single agent's argmax, and its exploring action the
-    argmax of the same noisy policy output, drawn from seed k's generator."""
+    argmax of the same noisy policy output, drawn from seed k's generator. vmap runs other matmul kernels than
+    a single agent's, so the argmaxes are compared where rounding cannot flip them: the logits of 6 Linear
+    layers of at most 65 terms (numerics.network_rounding_bound); the exploring scores are a softmax of the
+    logits over tau, which moves no entry by more than the logits' error over tau, plus unit noise added."""
     stacked = StackedULD(DISCRETE, CONFIG, SEEDS)
-    obs = np.random.default_rng(0).normal(size=(len(SEEDS), 5)).astype(np.float32)
-    states = [g.get_state() for g in stacked.generators]
-    greedy, exploring = stacked.act(obs, explore=False), stacked.act(obs, explore=True)
-    assert greedy.shape == exploring.shape == (len(SEEDS),) and greedy.dtype == torch.int64
-    for k in range(len(SEEDS)):
-        single = _single(stacked, DISCRETE, k)
-        assert single.act(obs[k], explore=False) == int(greedy[k])
-        torch.set_rng_state(states[k])
-        assert single.act(obs[k], explore=True) == int(exploring[k])
+    rows = {"greedy": ([], []), "exploring": ([], [])}  # per row: the stacked action, the single's scores
+    for draw in range(8):
+        obs = np.random.default_rng(draw).normal(size=(len(SEEDS), 5)).astype(np.float32)
+        states = [g.get_state() for g in stacked.generators]
+        greedy, exploring = stacked.act(obs, explore=False), stacked.act(obs, explore=True)
+        assert greedy.shape == exploring.shape == (len(SEEDS),) and greedy.dtype == torch.int64
+        for k in range(len(SEEDS)):
+            single = _single(stacked, DISCRETE, k)
+            torch.set_rng_state(states[k])
+            with torch.no_grad():  # the draws and the arithmetic of ULDAgent.act
+                action, pre = single.policy(single.encoder.f(torch.from_numpy(obs[k]).unsqueeze(0)))
+                noisy = action + CONFIG.exploration_noise * torch.randn_like(action)
+            rows["greedy"][0].append(int(greedy[k]))
+            rows["greedy"][1].append(pre[0])
+            if draw == 0:  # later draws start from a generator state that holds a cached normal (Box-Muller)
+                rows["exploring"][0].append(int(exploring[k]))
+                rows["exploring"][1].append(noisy[0])
+    logits = torch.stack(rows["greedy"][1])
+    bound = network_rounding_bound(logits, layers=6, terms=65)
+    assert_same_argmax("greedy", rows["greedy"][0], logits, bound)
+    assert_same_argmax("exploring", rows["exploring"][0], torch.stack(rows["exploring"][1]),
+                       bound[:len(SEEDS)] / CONFIG.gumbel_tau + FP32_EPS)
 
 
 def test_pixels_loop_over_seeds_on_a_cpu_and_vectors_are_batched():
