@@ -256,3 +256,22 @@ def test_runs_that_cannot_share_a_process_train_one_seed_per_process(tmp_path, c
     assert _seeds_per_process(config, runs("--small", "--uld.no-model-based-representation")) == 1
     assert "one seed per process for these runs: training several seeds in one process needs" in capsys.readouterr().err
     assert _seeds_per_process(config, runs("--compile")) == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--cpus-per-run", "0"], "--cpus-per-run must be at least 1, got 0"),
+    (["--seeds-per-process", "0"], "--seeds-per-process must be at least 1, got 0"),
+    (["--seeds-per-process", "2", "--agent", "alm"],
+     "--seeds-per-process above 1 trains ULD only; drop it to train ALM one seed per process"),
+    (["--gpus-per-run", "1"], "--gpus-per-run reserves GPUs on a Ray cluster and needs --ray; on this machine every "
+                              "run uses the GPUs torch sees (choose how many share them with --parallel)"),
+    (["--ray", "nohost"], "--ray 'nohost' is not host:port, ray://host:port, auto or local; pass e.g. "
+                          "--ray 10.0.0.5:6379, or --ray local to start a cluster here"),
+], ids=["cpus", "seeds-per-process", "alm-grouped", "gpus-without-ray", "ray-address"])
+def test_sweep_refusals_are_one_sentence_exit_2_and_write_nothing(tmp_path, capsys, options, message):
+    from uld.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--out", str(out), *options]) == 2
+    assert capsys.readouterr().err == f"uld: {message}\n"
+    assert not out.exists()
