@@ -1,4 +1,6 @@
-"""Test-wide settings: one torch thread (tests run beside other jobs on 2 cores) and headless GL."""
+"""Test-wide settings: one torch thread (tests run beside other jobs on 2 cores) and headless GL; the
+`numerics` marker names the tests whose bounds depend on the kernels chosen (.ci/run reruns them under other
+kernel choices)."""
 
 import os
 
@@ -20,3 +22,8 @@ def two_seed_straight_run(tmp_path_factory):
     from uld.train.run import train
 
     return train(_config(tmp_path_factory.mktemp("two_seed_straight") / "straight", 300, eval_every=150))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "numerics: floating-point comparisons across kernels; bounds from the "
+                                       "numerics (tests/numerics.py), rerun by .ci/run under other kernel choices")

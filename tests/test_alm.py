@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from numerics import assert_within
 from uld.agents import build_agent
 from uld.agents.alm import losses
 from uld.agents.alm.agent import ALMAgent, make_buffer, polyak_update
@@ -297,9 +298,25 @@ def test_update_returns_detached_finite_metrics_and_counts_steps() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(encoder_before, agent.encoder.parameters()))
 
 
-def test_bf16_update_is_finite() -> None:
-    agent, buffer = tiny_agent(precision="bf16"), filled_buffer()
-    metrics = agent.update(buffer)
+def test_bf16_update_computes_the_fp32_model_losses_to_bf16_rounding() -> None:
+    """The first update's model losses (computed before any optimizer step) in bf16 are fp32's to bf16 rounding:
+    each bf16 matmul rounds its operands to 8 bits (2^-8 relative per product); the model loss's terms pass
+    through at most 12 of them (encoder 3, model 3 per unrolled step over seq_len 3, reward and critic heads),
+    so 12 x 2^-8 of the size of its terms, which are the KL, reward and value parts (they cancel in the sum)."""
+    torch.manual_seed(5)
+    fp32 = tiny_agent()
+    bf16 = tiny_agent(precision="bf16")
+    torch.manual_seed(5)
+    expected = fp32.update(filled_buffer())
+    torch.manual_seed(5)
+    metrics = bf16.update(filled_buffer())
+    assert set(metrics) == set(expected)
+    scale = sum(abs(float(expected[name])) for name in ("model/kl", "model/reward", "model/value"))
+    for name in ("model/loss", "model/kl", "model/reward", "model/value"):
+        assert metrics[name].dtype == torch.float32  # reported in fp32 whatever the arithmetic
+        assert_within(f"bf16 {name}", float(metrics[name]) - float(expected[name]), 12 * 2**-8 * scale)
+    # Not trivially equal: bf16 arithmetic really ran.
+    assert float(metrics["model/loss"]) != float(expected["model/loss"])
     assert all(torch.isfinite(v) for v in metrics.values())
 
 

@@ -57,3 +57,18 @@ def test_precision_is_fp32_or_bf16() -> None:
     assert check_precision("bf16") == "bf16"
     with pytest.raises(ValueError, match="fp32 or bf16, got 'fp16'"):
         check_precision("fp16")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--seed", "1", "--seeds", "0-2"], "--seed and --seeds both name seeds; pass one of them"),
+    (["--seeds", "0,0"], "--seeds '0,0' names a seed more than once; name each seed once"),
+    (["--seeds", "4294967296"], "--seeds '4294967296' names a seed of 2^32 or more; seeds are below 2^32"),
+    (["--seeds", "abc"], "--seeds 'abc' is not a list of seeds; write a range like 0-9, a list like 0,3,5, or one seed"),
+], ids=["seed-and-seeds", "repeated", "too-large", "not-a-list"])
+def test_train_seed_refusals_are_one_sentence_exit_2_and_write_nothing(tmp_path, capsys, options, message):
+    from uld.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--env", "gym:Pendulum-v1", "--out", str(out), *options]) == 2
+    assert capsys.readouterr().err == f"uld: {message}\n"
+    assert not out.exists()

@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from numerics import assert_within
 from uld.replay.buffer import ReplayBuffer
 from uld.replay.sum_tree import SumTree
 
@@ -233,6 +234,7 @@ def test_update_priorities_is_max_abs_td_one_to_the_alpha() -> None:
     add_episode(buffer, 0, 6, "running")  # starts 0..3 valid
     buffer.update_priorities(np.array([0, 1, 2]), np.array([0.5, 3.0, 1.0]))
     assert buffer.priority[0] == 1.0  # max(0.5, 1) ** 0.4
+    # rel 1e-15: the float64 power is within 1 ulp (2.2e-16) of the exact value, in the buffer and here.
     assert buffer.priority[1] == pytest.approx(3.0**0.4, rel=1e-15)  # 1.5518455739153598
     assert buffer.priority[2] == 1.0
     assert buffer.sampling_weight(np.array([0, 1, 2, 3])).tolist() == [1.0, buffer.priority[1], 1.0, 1.0]
@@ -504,6 +506,7 @@ def test_last_occurrence_names_the_last_position_of_each_value(values):
     assert _last_occurrence(torch.tensor(values)).tolist() == expected
 
 
+@pytest.mark.numerics
 def test_priorities_of_a_huge_batch_with_repeats_are_written_in_linear_memory():
     """A batch of 100,000 slots (repeats included): the last error of each slot wins, without a B x B table."""
     buffer = ReplayBuffer((2,), 1, capacity=1000, horizon=1, seed=0)
@@ -517,4 +520,7 @@ def test_priorities_of_a_huge_batch_with_repeats_are_written_in_linear_memory():
     slot = torch.arange(997)
     last = slot + 997 * ((99_999 - slot) // 997)  # the last position that names each slot
     expected = td_error[last].double().clamp(min=buffer.min_priority) ** buffer.alpha
-    assert torch.equal(buffer.priority[:997], expected)
+    # x ** 0.4 in float64 runs in a vector loop for most entries and a scalar tail for the rest, here and in
+    # the buffer at other offsets; each is within 1 ulp (2^-52 relative) of the exact power, so two are within
+    # 2 ulps. A wrong winner is far outside: positions naming one slot differ by 997 in td, 0.4% in priority.
+    assert_within("priorities", buffer.priority[:997] - expected, 2 * torch.finfo(torch.float64).eps * expected)

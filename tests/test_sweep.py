@@ -53,16 +53,15 @@ def _returns(run_dir: Path) -> list[tuple[int, list[float]]]:
     return [(row["step"], row["returns"]) for row in read_eval_csv(run_dir / "eval.csv")]
 
 
-def _wait_until_training(out: Path, timeout: float = 300) -> None:
-    """Until some run has written its step-0 evaluation, i.e. runs are under way."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run in RUNS:
-            path = out / run / "eval.csv"
-            if path.exists() and len(path.read_text().splitlines()) >= 2:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"no run of {out} started training within {timeout} s")
+def _wait_until_training(out: Path, process: subprocess.Popen) -> None:
+    """Until some run has written its step-0 evaluation, i.e. runs are under way; a sweep that exits before
+    that fails here with its output (a hang is pytest-timeout's to end)."""
+    while not any((out / run / "eval.csv").exists() and len((out / run / "eval.csv").read_text().splitlines()) >= 2
+                  for run in RUNS):
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep exited with {process.returncode} before any run started training:\n"
+                                 + process.communicate()[0][-3000:])
+        time.sleep(0.05)  # a poll of the file, not a wait for time to pass
 
 
 def _assert_complete_and_equal(out: Path, straight: Path) -> None:
@@ -111,7 +110,7 @@ def test_local_sweep_finishes_every_run_and_skips_them_the_second_time(straight)
 def test_interrupted_sweep_resumes_to_the_same_results(straight, tmp_path):
     out = tmp_path / "sweep"
     process = _start(out)
-    _wait_until_training(out)
+    _wait_until_training(out, process)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output
@@ -129,7 +128,7 @@ def test_ray_sweep_on_a_local_instance_interrupted_and_resumed(straight, tmp_pat
     pytest.importorskip("ray")
     out = tmp_path / "sweep"
     process = _start(out, "--ray", "local", RAY_AUTH_MODE="disabled")
-    _wait_until_training(out)
+    _wait_until_training(out, process)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=180)[0]
     assert process.returncode == 130, output
@@ -163,21 +162,24 @@ def test_sweep_survives_its_ray_cluster_being_killed(straight, tmp_path):
                             start_new_session=True)
     out = tmp_path / "sweep"
     try:
-        deadline = time.monotonic() + 120
         while "Ray runtime started" not in (tmp_path / "ray-head.log").read_text():
-            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "ray-head.log").read_text()
-            time.sleep(0.5)
+            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()
+            time.sleep(0.1)  # a poll of the log, not a wait for time to pass
         # The driver gives up 5 s after losing the cluster instead of Ray's default 60 s.
         driver = _start(out, "--ray", f"127.0.0.1:{port}", RAY_AUTH_MODE="disabled",
                         RAY_gcs_rpc_server_reconnect_timeout_s="5")
-        _wait_until_training(out)
+        _wait_until_training(out, driver)
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
         try:
-            driver.communicate(timeout=120)
+            output = driver.communicate(timeout=120)[0]
         except subprocess.TimeoutExpired:
             driver.kill()
-            driver.communicate()
+            pytest.fail("the sweep driver did not exit within 120 s of losing its cluster (it gives up after 5 s):\n"
+                        + driver.communicate()[0][-3000:])
+        # It stops with one sentence and a non-zero status, and says how to continue.
+        assert driver.returncode not in (0, None), output
+        assert "Traceback" not in output, output
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGKILL)
@@ -235,3 +237,20 @@ def test_group_runs_keeps_seeds_at_one_checkpoint_step_together(tmp_path):
     assert groups[0].argv == ("--env", "gym:Pendulum-v1", "--seeds", "0,1", "--out", str(tmp_path / "env"), "--small")
     assert groups[1].run_dirs == [str(tmp_path / "env/seed2"), str(tmp_path / "env/seed4")]
     assert group_runs([run(0), run(1)], 1) == [run(0), run(1)]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--cpus-per-run", "0"], "--cpus-per-run must be at least 1, got 0"),
+    (["--seeds-per-process", "0"], "--seeds-per-process must be at least 1, got 0"),
+    (["--gpus-per-run", "1"], "--gpus-per-run reserves GPUs on a Ray cluster and needs --ray; on this machine every "
+                              "run uses the GPUs torch sees (choose how many share them with --parallel)"),
+    (["--ray", "nohost"], "--ray 'nohost' is not host:port, ray://host:port, auto or local; pass e.g. "
+                          "--ray 10.0.0.5:6379, or --ray local to start a cluster here"),
+], ids=["cpus", "seeds-per-process", "gpus-without-ray", "ray-address"])
+def test_sweep_refusals_are_one_sentence_exit_2_and_write_nothing(tmp_path, capsys, options, message):
+    from uld.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--out", str(out), *options]) == 2
+    assert capsys.readouterr().err == f"uld: {message}\n"
+    assert not out.exists()

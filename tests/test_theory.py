@@ -206,3 +206,22 @@ def test_main_returns_zero_when_all_pass_and_one_when_any_fails(monkeypatch, cap
     monkeypatch.setattr(report, "run_all", lambda seed, n_mdps: [failing])
     assert report.main([]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_uld_theory_command_prints_every_check_passing_and_exits_zero():
+    """`uld theory` as a user runs it, in a fresh interpreter: one row per check over the MDPs asked for, all
+    passing, exit status 0; `python -m uld.theory` is the same command; a bad option exits with status 2."""
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True)
+
+    result = run("-m", "uld.cli", "theory", "--n-mdps", "12", "--seed", "4")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:] if line.strip()
+            and not line.startswith(" ") and not line.endswith(":")}
+    assert set(rows) == {"td_fixed_point", "value_error_bound", "embedding_values", "embedding_conditions_matter"}
+    assert all(row[1] == "12" and row[-1] == "pass" for row in rows.values()), rows
+    assert run("-m", "uld.theory", "--n-mdps", "12", "--seed", "4").stdout == result.stdout
+    assert run("-m", "uld.cli", "theory", "--n-mdps", "many").returncode == 2

@@ -52,15 +52,18 @@ def offline_run(wandb_dir: Path, index: int, wait_seconds: float = 60.0) -> tupl
     """The run record (id, project, config) and the history rows of the index-th offline run.
 
     W&B's service process writes the file; run.finish() can return before the last of it reaches the
-    disk, so this waits for the run's exit record.
+    disk, so this waits for the run's exit record, and fails if it has not come after `wait_seconds`.
     """
     deadline = time.monotonic() + wait_seconds
     while True:
         [path] = (sorted((wandb_dir / "wandb").glob("offline-run-*"))[index]).glob("run-*.wandb")
         records = list(wandb_records(path))
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
             break
-        time.sleep(0.2)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} has no exit record {wait_seconds:.0f} s after run.finish() returned: W&B's service "
+                        f"did not finish writing the run ({len(records)} records so far)")
+        time.sleep(0.2)  # a poll of the file, not a wait for time to pass
     run, history = {}, []
     for record in records:
         kind = record.WhichOneof("record_type")

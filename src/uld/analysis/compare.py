@@ -73,10 +73,6 @@ class StepComparison:
     def reference_mean(self) -> float:
         return statistics.fmean(self.reference)
 
-    @property
-    def reference_std(self) -> float:
-        return statistics.pstdev(self.reference)
-
 
 def compare_curve(ours: Mapping[int, float], reference: Mapping[int, Sequence[float]]) -> list[StepComparison]:
     """Each of our evaluations (step -> value) beside the reference's seeds (step -> values) at the same

@@ -219,10 +219,6 @@ class ReplayBuffer:
         self.refresh()
         return self.tree.total
 
-    @property
-    def num_valid(self) -> int:
-        return int(self.valid.sum())
-
     def reward_scale(self) -> Tensor:
         """Mean |r| over stored transitions (docs/algorithm.md, Update schedule), floored at 1e-8: a 0-d float64 tensor."""
         return (self.abs_reward_sum / self.num_transitions.clamp(min=1)).clamp(min=1e-8)
