@@ -87,7 +87,7 @@ class Checkpointer:
         if self.directory.exists() and not self.directory.is_dir():
             raise UldError(f"{self.directory} is a file, not a directory of checkpoints; move it away and run again")
 
-    def _steps(self) -> list[int]:
+    def steps(self) -> list[int]:
         """Steps of every checkpoint file, newest first, whether or not its checksum file exists."""
         if not self.directory.is_dir():
             return []
@@ -107,12 +107,12 @@ class Checkpointer:
 
     def complete_steps(self) -> list[int]:
         """Steps of the checkpoints that have their checksum file, newest first (not yet verified)."""
-        return [step for step in self._steps() if self._checksum(step) is not None]
+        return [step for step in self.steps() if self._checksum(step) is not None]
 
     def holds_files(self) -> bool:
         """True when the directory holds a checkpoint file, whether or not it verifies (a .sha256 alone is an
         unfinished checkpoint)."""
-        return bool(self._steps())
+        return bool(self.steps())
 
     def verifies(self, step: int) -> bool:
         """Whether the checkpoint of `step` and its checksum exist and agree (the file is not loaded)."""
@@ -128,7 +128,7 @@ class Checkpointer:
 
     def newest_step(self) -> int:
         """The step of the newest .pt file (for messages)."""
-        return self._steps()[0]
+        return self.steps()[0]
 
     def path(self, step: int) -> Path:
         return self.directory / f"step-{step:010d}.pt"
@@ -157,15 +157,19 @@ class Checkpointer:
             files.write_atomically(checksum, (_sha256(files.temporary(path)) + "\n").encode(), then=kept)
             try:
                 files.rename(files.temporary(path), path)
-                files.fsync_dir(self.directory)
             except OSError as error:
                 raise files.write_error(path, error, kept) from None
+            try:
+                files.fsync_dir(self.directory)
+            except OSError as error:
+                raise files.write_error(path, error, f"the checkpoint of step {step} is complete but the disk may "
+                                                    "not hold it yet") from None
         finally:
             files.temporary(path).unlink(missing_ok=True)
         # Kept: this one and the complete one before it; files of steps after this one (a rewound run's) are
         # left for it to overwrite. Each .pt goes before its .sha256, so no reader sees a .pt without one.
         keep = [s for s in self.complete_steps() if s <= step][:2]
-        for old in self._steps():
+        for old in self.steps():
             if old < step and old not in keep and files.remove(self.path(old)):
                 files.remove(self.checksum_path(old))
         return path
@@ -177,7 +181,7 @@ class Checkpointer:
         removed while this looked (by the run that writes it) is skipped silently.
         """
         self.check_directory()
-        for step in self._steps():
+        for step in self.steps():
             path = self.path(step)
             if not self.verifies(step):
                 if path.exists():

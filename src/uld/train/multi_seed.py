@@ -45,6 +45,7 @@ from uld.train.config import (
     parse_seed_list,
     read_run_config,
 )
+from uld.train.lock import locked
 from uld.train.logger import Logger
 from uld.train.trainer import RunInterrupted, Trainer, evaluation_seed, rebuild_episodes, start_episodes
 
@@ -93,6 +94,20 @@ def _common_step(checkpointers: list[Checkpointer]) -> int | None:
     """The newest step for which every seed has a complete checkpoint (None: there is none)."""
     common = set.intersection(*(set(checkpointer.complete_steps()) for checkpointer in checkpointers))
     return next((step for step in sorted(common, reverse=True) if all(c.verifies(step) for c in checkpointers)), None)
+
+
+def _first_save_interrupted(seeds: list[int], checkpointers: list[Checkpointer]) -> bool:
+    """Whether the seeds' first checkpoint was cut short: some seeds have no checkpoint file, and the others
+    have one each, of one step, that verifies and was written by this seed list. The seeds' previous state
+    is then a run with no checkpoint, which starts over (the files are moved aside, not deleted)."""
+    steps = [c.steps() for c in checkpointers]
+    saved = [(c, s[0]) for c, s in zip(checkpointers, steps) if s]
+    if not saved or len(saved) == len(checkpointers) or any(len(s) > 1 for s in steps):
+        return False
+    if len({step for _, step in saved}) > 1 or not all(c.verifies(step) for c, step in saved):
+        return False
+    return all(torch.load(c.path(step), weights_only=True, map_location="cpu").get(TOGETHER) == seeds
+               for c, step in saved)
 
 
 def evaluate_seeds(agent: StackedULD, envs: list, episodes: int,
@@ -358,8 +373,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     whose checkpoints do not verify is refused; one interrupted before its first checkpoint has its
     files moved aside).
     """
-    from uld.train.run import move_aside, resolve_device, seed_everything, train_until_stopped
-    from uld.train.validation import check_buffer_memory, check_config, check_out
+    from uld.train.validation import check_config, check_out
 
     reason = several_seeds_refusal(config)
     if reason is not None:
@@ -375,6 +389,18 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     for c in configs:
         check_config(c)
         check_out(c.out)
+    with contextlib.ExitStack() as locks:  # one writer per run directory (train/lock.py)
+        for c in configs:
+            locks.enter_context(locked(c.out, "the run directory"))
+        return _train_seeds_locked(config, seeds, configs, on_allocated)
+
+
+def _train_seeds_locked(config: TrainConfig, seeds: list[int], configs: list[TrainConfig],
+                        on_allocated: Callable[[], object] | None) -> list[Path]:
+    """train_seeds() with its options checked, holding every seed's run directory lock."""
+    from uld.train.run import move_aside, resolve_device, seed_everything, train_until_stopped
+    from uld.train.validation import check_buffer_memory
+
     cfg = configs[0]
     device = resolve_device(cfg.device)
     run_dirs = [Path(c.out) for c in configs]
@@ -387,7 +413,8 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
                 raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
                                "use another --out, or the run's own options to resume it")
     step = _common_step(checkpointers)
-    if step is None and any(c.verified_step() for c in checkpointers):
+    first_save_cut = step is None and _first_save_interrupted(seeds, checkpointers)
+    if step is None and not first_save_cut and any(c.verified_step() for c in checkpointers):
         fresh = [str(seed) for seed, c in zip(seeds, checkpointers) if not c.holds_files()]
         if fresh:  # seeds added to a list whose other seeds have trained already
             raise UldError(f"seed(s) {','.join(fresh)} have not started while the other seeds have checkpoints, so "
@@ -402,7 +429,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
         states = [_load_seed_state(c, step) for c in checkpointers]
     if step is None:
         for checkpointer in checkpointers:
-            if checkpointer.holds_files():
+            if checkpointer.holds_files() and not first_save_cut:
                 raise UldError(f"no checkpoint in {checkpointer.directory} verifies, and starting over would "
                                "overwrite the run's results; nothing was changed: continue that seed with --seed "
                                "and --trust-checkpoint, or pass --restart with --seed to move its files aside")

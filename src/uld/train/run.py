@@ -28,6 +28,7 @@ from uld.train.config import (
     config_to_resume,
     read_run_config,
 )
+from uld.train.lock import locked
 from uld.train.logger import Logger
 from uld.train.trainer import Trainer
 from uld.train.validation import check_buffer_memory, check_config, check_out, resume_disagreements
@@ -146,6 +147,12 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
     check_out(cfg.out)
     if cfg.restart and cfg.trust_checkpoint:
         raise UldError("--restart and --trust-checkpoint exclude each other; pass one of them")
+    with locked(cfg.out, "the run directory"):  # one writer per run directory (train/lock.py)
+        return _train_locked(cfg, on_allocated)
+
+
+def _train_locked(cfg: TrainConfig, on_allocated: Callable[[], object] | None) -> Path:
+    """train() of one seed, its options checked, holding the run directory's lock."""
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.out)
     checkpointer = Checkpointer(run_dir / "checkpoints", validate=check_run_state)
