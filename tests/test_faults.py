@@ -1,7 +1,7 @@
 """Fault injection through the one writing place (train/files.py): every write of a real run fails in turn.
 
-A short real run (Pendulum, ULD, 60 steps with checkpoints at 20, 40 and 60 and evaluations at 0, 30
-and 60; one seed, and two seeds in one process) goes once straight, through the seam, which records
+A short real run (Pendulum, ULD, 60 steps with checkpoints at 20, 40 and 60 and evaluations at 0 and
+40 and 60; and two seeds in one process for 40 steps, checkpoints at 20 and 40) goes once straight, through the seam, which records
 every operation that changes the disk. Then, for every k:
 
 - the k-th operation fails with ENOSPC, and again with EIO: the run stops with one sentence naming the
@@ -37,16 +37,18 @@ from uld.train.config import TrainConfig
 from uld.train.logger import read_eval_csv
 from uld.train.run import train
 
-TINY = reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, random_steps=45,
-                      target_update_period=5, buffer_capacity=1000)
+TINY = dict(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16, target_update_period=5,
+            buffer_capacity=1000)
 SEEDS = {"one-seed": ["."], "two-seeds": ["seed0", "seed1"]}
 """The run directories of each run, relative to its --out."""
 
 
 def _config(out: Path, mode: str) -> TrainConfig:
-    seeds = dict(seeds="0-1") if mode == "two-seeds" else dict(seed=3)
-    return TrainConfig(env="gym:Pendulum-v1", steps=60, eval_every=40, eval_episodes=1, checkpoint_every=20,
-                       log_every=10, progress=False, out=str(out), uld=TINY, **seeds)
+    # Two seeds: two checkpoints (every write of theirs is twice as many operations, each a run to repeat).
+    seeds = (dict(seeds="0-1", steps=40, uld=reduced_config(random_steps=25, **TINY)) if mode == "two-seeds" else
+             dict(seed=3, steps=60, uld=reduced_config(random_steps=45, **TINY)))
+    return TrainConfig(env="gym:Pendulum-v1", eval_every=40, eval_episodes=1, checkpoint_every=20,
+                       log_every=10, progress=False, out=str(out), **seeds)
 
 
 def _name(op: str, path: Path, root: Path) -> str:
@@ -179,8 +181,9 @@ def test_every_write_failing_in_turn_loses_nothing_and_the_same_command_finishes
             if kept:  # a checkpoint it names exists and verifies
                 assert any(Checkpointer(out / seed / "checkpoints").verifies(int(kept.group(1)))
                            for seed in SEEDS[mode]), message
-            if "no checkpoint yet" in message:
-                assert not any(Checkpointer(out / seed / "checkpoints").verified_step() for seed in SEEDS[mode])
+            if "no checkpoint yet" in message:  # of the run directory it names
+                run = next(out / seed for seed in SEEDS[mode][::-1] if (out / seed) in named.parents)
+                assert not Checkpointer(run / "checkpoints").verified_step(), message
         else:  # only files it meant to delete can fail without stopping the run
             assert all(op.startswith("unlink ") for op in seen[k:]), (k, seen[k:])
             assert "could not remove" in capsys.readouterr().err
@@ -196,7 +199,7 @@ def test_every_write_failing_in_turn_loses_nothing_and_the_same_command_finishes
 def test_a_kill_before_any_operation_leaves_a_run_the_same_command_finishes(straight, tmp_path, capsys):
     mode, record = straight
     renames = [k for k, op in enumerate(record.operations) if op.startswith("rename ")]
-    assert len(renames) >= 8 and len(record.states) >= 20  # every state a kill can leave, not the renames only
+    assert len(renames) >= 6 and len(record.states) >= 20  # every state a kill can leave, not the renames only
     for k, state in record.states.items():
         out = shutil.copytree(state, tmp_path / str(k), symlinks=True)
         train(_config(out, mode))

@@ -177,10 +177,11 @@ def mkdir(path: Path) -> None:
 
 
 def append(path: Path, data: bytes, sync: bool = True) -> None:
-    """Append `data` to `path` (fsynced with `sync`); a failed append is taken back, leaving the file as it was."""
+    """Append `data` to `path`, created when missing (fsynced with `sync`); a failed append is taken back,
+    leaving the file as it was."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = path.stat().st_size if path.exists() else 0
         _seam("write", path)
         with open(path, "ab", buffering=0) as f:  # unbuffered: closing it writes nothing more
             try:

@@ -69,7 +69,7 @@ class EventFile:
         self._record(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:
             self._record(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
-        files.write_atomically(self.path, self._take())
+        self.flush()  # a new file: a torn first record is what TensorBoard reads as an empty file
 
     def _record(self, event) -> None:
         from tensorboard.summary.writer.record_writer import RecordWriter
