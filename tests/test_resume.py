@@ -298,7 +298,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     poison_rewards(monkeypatch, after=250)
     # The first non-finite action is caught before the env sees it, whatever --log-every is: a few steps
     # after the first NaN reward (step 251) reaches a sampled batch, long before the next log step.
-    with pytest.raises(UldError, match="diverged at step .*non-finite.*last good checkpoint is kept") as error:
+    with pytest.raises(UldError, match=r"diverged at step .*non-finite.*the checkpoint of step 200 is kept") as error:
         train(_config(tmp_path / "run", 1000, checkpoint_every=100, log_every=10**6))
     diverged_at = int(str(error.value).split("diverged at step ")[1].split(":")[0])
     assert 251 <= diverged_at < 300

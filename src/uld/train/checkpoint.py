@@ -200,6 +200,15 @@ class Checkpointer:
                       file=sys.stderr)
         return None
 
+    def adopt(self, path: str | Path) -> None:
+        """Write the checksum of a checkpoint of this directory passed to --trust-checkpoint: from then on it
+        verifies, and the same command needs the option no more. A file elsewhere is left alone."""
+        path = Path(path)
+        match = _NAME.match(path.name)
+        if match and path.resolve().parent == self.directory.resolve():
+            step = int(match.group(1))
+            files.write_atomically(self.checksum_path(step), (_sha256(path) + "\n").encode())
+
     def load_trusted(self, path: str | Path) -> tuple[dict, int]:
         """The checkpoint at `path` whatever its checksum file says (weights-only loading all the same).
 

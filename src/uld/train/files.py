@@ -11,7 +11,7 @@ Three promises hold for all of them:
   an appended row is taken back when its write fails; the previous version of every file is left.
 - On failure only what this write made is removed (its own temporary file), nothing else.
 
-The seam: every operation that changes the disk first calls `_seam(op, path)`, with op one of
+The seam: every operation that changes the disk first calls `seam(op, path)`, with op one of
 "write" (bytes into a file), "fsync", "rename", "truncate", "unlink" and "mkdir". A test installs a
 hook with `fault_hook(hook)` that raises an OSError (a full or failing disk) or stops the process
 (a kill) at the k-th operation; tests/test_faults.py runs a real training run through every k.
@@ -49,7 +49,9 @@ def fault_hook(hook: Hook) -> Iterator[None]:
         _hook = previous
 
 
-def _seam(op: str, path: Path) -> None:
+def seam(op: str, path: Path) -> None:
+    """Called before every operation that changes the disk; a writer that hands a path to a library (ffmpeg)
+    calls it before the library writes."""
     if _hook is not None:
         _hook(op, path)
 
@@ -105,7 +107,7 @@ class _Recording(io.RawIOBase):
 
 
 def fsync_dir(directory: Path) -> None:
-    _seam("fsync", directory)
+    seam("fsync", directory)
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -124,7 +126,7 @@ def write_whole(path: Path, data: bytes | None = None, writer: Callable[[Any], o
     temporary file is removed on failure."""
     tmp = temporary(path)
     try:
-        _seam("write", tmp)
+        seam("write", tmp)
         with open(tmp, "wb") as f:
             if writer is not None:
                 recording = _Recording(f)
@@ -135,7 +137,7 @@ def write_whole(path: Path, data: bytes | None = None, writer: Callable[[Any], o
             else:
                 f.write(data)  # type: ignore[arg-type]
             f.flush()
-            _seam("fsync", tmp)
+            seam("fsync", tmp)
             os.fsync(f.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -143,7 +145,7 @@ def write_whole(path: Path, data: bytes | None = None, writer: Callable[[Any], o
 
 
 def rename(source: Path, target: Path) -> None:
-    _seam("rename", target)
+    seam("rename", target)
     os.replace(source, target)
 
 
@@ -170,7 +172,7 @@ def mkdir(path: Path) -> None:
     if path.is_dir():
         return
     try:
-        _seam("mkdir", path)
+        seam("mkdir", path)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise write_error(path, error) from None
@@ -182,12 +184,12 @@ def append(path: Path, data: bytes, sync: bool = True) -> None:
     path = Path(path)
     try:
         size = path.stat().st_size if path.exists() else 0
-        _seam("write", path)
+        seam("write", path)
         with open(path, "ab", buffering=0) as f:  # unbuffered: closing it writes nothing more
             try:
                 f.write(data)
                 if sync:
-                    _seam("fsync", path)
+                    seam("fsync", path)
                     os.fsync(f.fileno())
             except OSError:
                 with contextlib.suppress(OSError):  # take back the part that reached the disk
@@ -201,11 +203,11 @@ def truncate(path: Path, size: int) -> None:
     """Cut `path` to `size` bytes and fsync it."""
     path = Path(path)
     try:
-        _seam("truncate", path)
+        seam("truncate", path)
         with open(path, "r+b") as f:
             f.truncate(size)
             f.flush()
-            _seam("fsync", path)
+            seam("fsync", path)
             os.fsync(f.fileno())
     except OSError as error:
         raise write_error(path, error) from None
@@ -216,9 +218,30 @@ def remove(path: Path) -> bool:
     (a file left behind costs disk space, not results). True when it is gone."""
     path = Path(path)
     try:
-        _seam("unlink", path)
+        seam("unlink", path)
         path.unlink(missing_ok=True)
     except OSError as error:
         print(f"uld: could not remove {path} ({describe_error(error)}); it is left in place", file=sys.stderr)
         return False
     return True
+
+
+RUN_LAYOUT = {"config.json": "file", "eval.csv": "file", "wandb_id": "file", "tb": "folder", "checkpoints": "folder"}
+"""What uld train keeps in a run directory, and of which kind each is."""
+
+
+def check_run_directory(run_dir: Path) -> None:
+    """Raise UldError, before anything is written, when the run directory or one of its files is not of the
+    kind uld writes (eval.csv replaced by a folder, tb/ by a file), or a link to nowhere."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UldError(f"{run_dir} is a file, not a run directory; move it away or pass another --out")
+    for name, kind in RUN_LAYOUT.items():
+        path = run_dir / name
+        if path.is_symlink() and not path.exists():
+            raise UldError(f"{path} is a symlink to {os.readlink(path)}, which does not exist; restore its target, "
+                           "or replace the link")
+        if path.exists() and path.is_dir() != (kind == "folder"):
+            found = "folder" if path.is_dir() else "file"
+            raise UldError(f"{path} is a {found}, where uld keeps a {kind}; nothing was changed: move it out of the "
+                           "run directory (or restore the one uld wrote) and run the same command again")

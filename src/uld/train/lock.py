@@ -1,5 +1,5 @@
-"""One writer per folder: `uld train` locks its run directory, `uld eval --video`, `uld export` and `uld report`
-the folder they write into, for as long as they write.
+"""One writer per run directory: `uld train` locks its run directory and `uld report` its report folder, for
+as long as they write; `uld export` and `uld eval --video` lock the file they write (`locked_file`).
 
 The lock is `fcntl.flock` on the file `.lock` in the folder (the one `uld sweep` takes for its runs), so
 the operating system releases it when the process ends, however it ends: a lock left by a process
@@ -92,3 +92,36 @@ def locked(folder: str | Path, what: str) -> Iterator[None]:
                     path.unlink()
                     for made in created:  # innermost first; one that is not empty stops it
                         made.rmdir()
+
+
+@contextlib.contextmanager
+def locked_file(path: str | Path, what: str) -> Iterator[None]:
+    """Hold a lock on writing the file `path` (the lock file `.<name>.lock` beside it, removed afterwards), or
+    raise UldError naming the process that holds it. `what`: the file's role in the message ("--out")."""
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise files.write_error(lock_path, error) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _holder(lock_path)
+            who = f"process {holder}" if holder is not None else "another process"
+            raise UldError(f"{what} {path} is being written by {who} (uld holds its lock {lock_path}); wait for it "
+                           "to finish or stop it, then run this command again") from None
+        try:  # the holder before us removed the file it locked: lock the one now at the path
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # before the lock goes, so that a waiting opener sees another file and retries
+        os.close(fd)

@@ -36,6 +36,7 @@ from uld.envs import make_env
 from uld.envs.base import Env
 from uld.envs.workers import EnvWorkers, available_cores, reset_all, step_all
 from uld.errors import UldError
+from uld.train import files
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
 from uld.train.config import (
     TrainConfig,
@@ -392,6 +393,7 @@ def train_seeds(config: TrainConfig, seeds: list[int], *,
     with contextlib.ExitStack() as locks:  # one writer per run directory (train/lock.py)
         for c in configs:
             locks.enter_context(locked(c.out, "the run directory"))
+            files.check_run_directory(Path(c.out))
         return _train_seeds_locked(config, seeds, configs, on_allocated)
 
 

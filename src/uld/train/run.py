@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from uld.agents import build_agent, get_agent
 from uld.envs import make_env
 from uld.errors import UldError
+from uld.train import files
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
 from uld.train.config import (
     RESUMABLE_CHANGES,
@@ -59,11 +61,13 @@ def seed_everything(seed: int) -> None:
 def train_until_stopped(trainer, steps: int) -> None:
     """trainer.train(steps), with SIGINT and SIGTERM turned into stop requests (the trainer checkpoints, then
     raises RunInterrupted); the previous handlers come back however it ends. `trainer`: a Trainer, or the
-    many-seed trainer."""
+    many-seed trainer. Python lets only the main thread install signal handlers: from another thread the
+    run trains without them (a signal then acts as the process's own handlers say)."""
     def request_stop(signum, frame):  # noqa: ARG001
         trainer.stop_signal = signum
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         trainer.train(steps)
     finally:
@@ -148,6 +152,7 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
     if cfg.restart and cfg.trust_checkpoint:
         raise UldError("--restart and --trust-checkpoint exclude each other; pass one of them")
     with locked(cfg.out, "the run directory"):  # one writer per run directory (train/lock.py)
+        files.check_run_directory(Path(cfg.out))
         return _train_locked(cfg, on_allocated)
 
 
@@ -191,6 +196,8 @@ def _train_locked(cfg: TrainConfig, on_allocated: Callable[[], object] | None) -
             raise UldError(f"{run_dir} holds a run with another configuration: {'; '.join(differences)}; "
                            "use another --out, or the run's own options to resume it")
     if loaded is not None and loaded[1] >= cfg.steps and not loaded[0]["trainer"].get("evaluation_due", False):
+        if cfg.trust_checkpoint:  # trusted from now on, so that the same command without the option is not stuck
+            checkpointer.adopt(cfg.trust_checkpoint)
         print(f"uld: {run_dir} already finished {loaded[1]} steps (asked for {cfg.steps}); nothing to do",
               file=sys.stderr)
         return run_dir

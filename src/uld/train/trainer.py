@@ -254,8 +254,10 @@ class Trainer:
         return values
 
     def _diverged(self, names: list[str]) -> None:
+        steps = self.checkpointer.complete_steps() if self.checkpointer is not None else []
+        kept = f"the checkpoint of step {steps[0]} is kept" if steps else "no checkpoint was written"
         raise UldError(f"training diverged at step {self.state.step}: {', '.join(names)} became non-finite; "
-                       "the last good checkpoint is kept; lower the learning rates or check the env's rewards")
+                       f"{kept}; lower the learning rates or check the env's rewards")
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         values = self._check_finite(metrics)
