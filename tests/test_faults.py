@@ -18,8 +18,11 @@ A real SIGKILL inside a checkpoint write is in test_kill_inside_a_checkpoint_wri
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -32,7 +35,7 @@ import torch
 from uld.agents.uld.config import reduced_config
 from uld.errors import UldError
 from uld.train import files
-from uld.train.checkpoint import Checkpointer
+from uld.train.checkpoint import Checkpointer, check_run_state
 from uld.train.config import TrainConfig
 from uld.train.logger import read_eval_csv
 from uld.train.run import train
@@ -125,6 +128,11 @@ def straight(request, tmp_path_factory) -> tuple[str, Straight]:
     out, record, seen = root / "run", Straight(), set()
 
     def hook(op: str, path: Path) -> None:
+        # A reader (uld eval, uld.load, uld report) looking at any instant finds no checkpoint to call corrupted.
+        for seed in SEEDS[mode]:
+            with contextlib.redirect_stderr(io.StringIO()) as said:
+                Checkpointer(out / seed / "checkpoints", validate=check_run_state).load_latest()
+            assert said.getvalue() == "", (record.operations[-1:], said.getvalue())
         if out.exists():
             digest = _tree_digest(out)
             if digest not in seen:  # the disk changes only through the seam: a kill here leaves this
@@ -207,3 +215,34 @@ def test_a_kill_before_any_operation_leaves_a_run_the_same_command_finishes(stra
         err = capsys.readouterr().err
         assert "corrupted" not in err and "cannot be read" not in err, (k, record.operations[k], err)
         shutil.rmtree(out)
+
+
+def test_a_checkpoint_cut_between_its_checksum_and_its_rename_by_an_earlier_uld_still_counts(tmp_path):
+    """An earlier uld renamed the .pt first: killed before the checksum's rename, its correct sum is in
+    step-N.sha256.tmp. That checkpoint counts, and the next save puts the run in order."""
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    checkpoints.save({"x": torch.ones(2)}, 1)
+    checksum = checkpoints.checksum_path(1)
+    checksum.rename(files.temporary(checksum))
+    state, step = checkpoints.load_latest()
+    assert step == 1 and torch.equal(state["x"], torch.ones(2))
+    checkpoints.save({"x": torch.zeros(2)}, 2)
+    assert sorted(p.name for p in checkpoints.directory.iterdir()) == [
+        "step-0000000001.pt", "step-0000000001.sha256", "step-0000000002.pt", "step-0000000002.sha256"]
+    assert checkpoints.verifies(1) and checkpoints.verifies(2)
+
+
+def test_trust_checkpoint_on_a_finished_run_writes_the_checksum_so_the_run_is_not_stuck(tmp_path, capsys):
+    """The case of the issue, by hand: a finished run whose checksums were lost is continued once with
+    --trust-checkpoint, which writes the checksum, so the same command without it finds the run finished."""
+    out = tmp_path / "run"
+    config = _config(out, "one-seed")
+    train(config)
+    newest = Checkpointer(out / "checkpoints").verified_step()
+    for checksum in (out / "checkpoints").glob("*.sha256"):
+        checksum.unlink()
+    path = Checkpointer(out / "checkpoints").path(newest)
+    train(dataclasses.replace(config, trust_checkpoint=str(path)))
+    assert "already finished" in capsys.readouterr().err
+    train(config)
+    assert "already finished" in capsys.readouterr().err

@@ -142,10 +142,17 @@ class Checkpointer:
         kept = (f"the checkpoint of step {earlier[0]} is left as it was" if earlier else
                 "the run has no checkpoint yet, so the same command starts it over")
         files.mkdir(self.directory)
-        for leftover in self.directory.iterdir():  # from kills mid-save: never part of a complete checkpoint
-            if leftover.name.startswith("step-") and (leftover.suffix == ".tmp" or (
-                    leftover.suffix == ".sha256" and not leftover.with_suffix(".pt").exists())):
-                files.remove(leftover)
+        for leftover in sorted(self.directory.iterdir()):  # from kills mid-save
+            if not leftover.name.startswith("step-"):
+                continue
+            if leftover.name.endswith(".sha256.tmp") and (m := _NAME.match(leftover.name[:-11] + ".pt")) \
+                    and not self.checksum_path(int(m.group(1))).exists() and self.verifies(int(m.group(1))):
+                try:  # an earlier uld's complete checkpoint
+                    files.rename(leftover, self.checksum_path(int(m.group(1))))
+                except OSError as error:
+                    raise files.write_error(self.checksum_path(int(m.group(1))), error, kept) from None
+            elif leftover.suffix == ".tmp" or (leftover.suffix == ".sha256" and not leftover.with_suffix(".pt").exists()):
+                files.remove(leftover)  # never part of a complete checkpoint
         if path.exists():  # a rewound run's newer checkpoint of this step: it is redone
             files.remove(path)
             files.remove(checksum)
