@@ -193,7 +193,7 @@ def append(path: Path, data: bytes, sync: bool = True) -> None:
                     os.fsync(f.fileno())
             except OSError:
                 with contextlib.suppress(OSError):  # take back the part that reached the disk
-                    f.truncate(size)
+                    os.truncate(path, size)
                 raise
     except OSError as error:
         raise write_error(path, error) from None
