@@ -187,7 +187,7 @@ def test_export_errors_are_one_sentence(runs, tmp_path, capsys, monkeypatch):
     checkpoint = sorted((runs["vector"] / "checkpoints").glob("step-*.pt"))[-1]
     before = checkpoint.read_bytes()
     assert main(["export", str(runs["vector"]), "--out", str(checkpoint)]) == 2
-    assert "lies inside the run directory" in capsys.readouterr().err
+    assert "which holds a uld run's checkpoints" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
     existing = tmp_path / "existing.pt"
     existing.write_bytes(b"keep")

@@ -185,7 +185,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(UldError, match="No space left on device.*previous checkpoint.*intact"):
+    with pytest.raises(UldError, match=r"could not write .*step-0000000002.pt \(No space left on device\); the checkpoint of step 1 is left as it was; free disk space"):
         checkpoints.save({"x": torch.zeros(3)}, 2)
     monkeypatch.undo()
     state, step = checkpoints.load_latest()
@@ -194,12 +194,12 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
                                                                           "step-0000000001.sha256"]
 
 
-def _cli(out: Path, steps: int, capacity: int = 5000) -> list[str]:
+def _cli(out: Path, steps: int) -> list[str]:
     return [sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--seed", "3", "--steps", str(steps),
             "--eval-every", "100", "--eval-episodes", "1", "--no-progress", "--log-every", "50", "--out", str(out),
             "--small", "--uld.batch-size", "16", "--uld.hidden-dim", "32", "--uld.zs-dim", "32", "--uld.zsa-dim", "32",
             "--uld.za-dim", "16", "--uld.random-steps", "100", "--uld.target-update-period", "20",
-            "--uld.buffer-capacity", str(capacity), "--threads", "1"]
+            "--uld.buffer-capacity", "5000", "--threads", "1"]
 
 
 def _wait_for(predicate, timeout: float) -> None:
@@ -333,33 +333,51 @@ def test_seed_k_of_a_run_of_one_instance_per_seed_is_the_single_seed_run_of_seed
     _same_run(straight_runs(agent, "1,4")[1], straight_runs("uld" if agent == "uld-per-seed" else agent, "4")[0])
 
 
+KILLED_INSIDE_A_WRITE = """
+import os, signal, sys
+from uld.cli import main
+from uld.train import files
+ready, saves = int(sys.argv[1]), []
+def hook(op, path):
+    if op == "fsync" and path.name.endswith(".pt.tmp"):
+        saves.append(path)
+        if len(saves) == 2:  # inside the second checkpoint's write, its bytes on their way to the disk
+            os.write(ready, b"x")
+            signal.pause()  # until killed
+with files.fault_hook(hook):
+    sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_kill_during_checkpoint_write_loses_only_work_since_the_last_checkpoint(tmp_path):
+    """uld train, SIGKILLed inside its second checkpoint's write: the hook in the writing place says when it is
+    there (on a pipe, an event) and blocks until the kill."""
     run = tmp_path / "run"
-    # A large replay makes each checkpoint write take long enough to be caught in the middle.
-    command = _cli(run, 100_000, capacity=3_000_000) + ["--checkpoint-every", "50"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    directory = run / "checkpoints"
+    command = _cli(run, 300) + ["--checkpoint-every", "50"]
+    ready, inherited = os.pipe()
+    process = subprocess.Popen([sys.executable, "-c", KILLED_INSIDE_A_WRITE, str(inherited), *command[3:]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(inherited,))
+    os.close(inherited)
     try:
-        _wait_for(lambda: directory.exists() and any(p.name.endswith(".sha256") for p in directory.iterdir()), 300)
-        _wait_for(lambda: any(p.name.endswith(".pt.tmp") for p in directory.iterdir()), 300)
+        assert os.read(ready, 1) == b"x"  # empty: the process ended before it got there
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
     finally:
         process.kill()
-    assert any(p.name.endswith(".tmp") for p in directory.iterdir())  # killed mid-write
+        os.close(ready)
+    directory = run / "checkpoints"
+    assert [p.name for p in directory.iterdir() if p.name.endswith(".tmp")] == ["step-0000000100.pt.tmp"]
     state, step = Checkpointer(directory).load_latest()
-    assert step % 50 == 0 and step >= 50
-    assert state["trainer"]["step"] == step
-    # The same command, to 60 steps further, resumes from that checkpoint and removes the leftover.
-    resumed = _cli(run, step + 60, capacity=3_000_000) + ["--checkpoint-every", "50"]
-    result = subprocess.run(resumed, capture_output=True, text=True, timeout=600)
+    assert step == 50 and state["trainer"]["step"] == 50
+    # The same command resumes from that checkpoint and removes the leftover.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "starting the run over" not in result.stderr
     assert not any(p.name.endswith(".tmp") for p in directory.iterdir())
     state, final = Checkpointer(directory).load_latest()
-    assert final == state["trainer"]["step"] == step + 60
+    assert final == state["trainer"]["step"] == 300
     steps = [row["step"] for row in read_eval_csv(run / "eval.csv")]
-    assert steps == sorted(set(steps)) and steps[-1] == step + 60  # no evaluation written twice
+    assert steps == [0, 100, 200, 300]  # no evaluation written twice
 
 
 def poison_rewards(monkeypatch, after: int) -> None:
@@ -389,7 +407,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     poison_rewards(monkeypatch, after=250)
     # The first non-finite action is caught before the env sees it, whatever --log-every is: a few steps
     # after the first NaN reward (step 251) reaches a sampled batch, long before the next log step.
-    with pytest.raises(UldError, match="diverged at step .*non-finite.*last good checkpoint is kept") as error:
+    with pytest.raises(UldError, match=r"diverged at step .*non-finite.*the checkpoint of step 200 is kept") as error:
         train(_config(tmp_path / "run", 1000, checkpoint_every=100, log_every=10**6))
     diverged_at = int(str(error.value).split("diverged at step ")[1].split(":")[0])
     assert 251 <= diverged_at < 300

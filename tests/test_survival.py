@@ -538,3 +538,178 @@ def test_not_slow_excludes_the_learning_checks():
     learning = {"test_learns_pendulum_reduced_size", "test_uld_learns_cartpole", "test_reduced_alm_swings_up_pendulum"}
     assert not learning & set(collected), collected
     assert "test_run_writes_eval_csv_config_and_tensorboard" in collected and len(collected) >= 15
+
+
+# ---- issue 25: damaged run directories, user code, every command's inputs --------------------------------
+
+def _one_line(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and all(n in err for n in needles), err
+    return err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: ((run / "eval.csv").unlink(), (run / "eval.csv").mkdir()), "eval.csv is a folder, where uld keeps a file"),
+    (lambda run: (shutil.rmtree(run / "tb"), (run / "tb").write_text("x")), "tb is a file, where uld keeps a folder"),
+    (lambda run: ((run / "config.json").rename(run / "c"), (run / "config.json").mkdir()),
+     "config.json is a folder, where uld keeps a file"),
+])
+def test_a_damaged_run_directory_is_one_sentence_before_anything_is_written(finished, tmp_path, capsys, damage,
+                                                                             message):
+    run = _copy(finished, tmp_path)
+    damage(run)
+    before = _snapshot(run)
+    assert main(["train", "--out", str(run), "--env", "gym:Pendulum-v1", "--seed", "3", "--steps", "300",
+                 "--no-progress", *TINY_ARGS]) == 2
+    _one_line(capsys, message, "nothing was changed")
+    assert _snapshot(run) == before
+
+
+def test_a_run_directory_whose_name_is_not_utf8_trains_and_its_messages_print(tmp_path, capsys):
+    run = tmp_path / os.fsdecode(b"run-\xff")
+    train(_config(run, 100))
+    assert main(["train", "--out", str(run), "--steps", "100", "--seed", "9", "--no-progress", *TINY_ARGS]) == 2
+    _one_line(capsys, "run-\\udcff", "holds a run with another configuration")
+
+
+def _user_module(tmp_path, monkeypatch, name: str, source: str) -> None:
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("raise RuntimeError('no licence server')\n", "which failed while being imported (RuntimeError: no licence server at"),
+    ("def make_env(seed, evaluation:\n", "which failed while being imported (SyntaxError"),
+    ("import sys\nsys.exit(0)\n", "which called sys.exit(0) while being imported"),
+    ("def make_env(seed):\n    pass\n", "takes (seed); it must take the keyword arguments seed and evaluation"),
+    ("def make_env(seed, evaluation):\n    return {}['missing']\n", "raised KeyError: 'missing' at"),
+])
+def test_user_env_code_that_fails_is_one_sentence_and_writes_nothing(tmp_path, monkeypatch, capsys, source, message):
+    name = f"user_env_{abs(hash(source))}"
+    _user_module(tmp_path, monkeypatch, name, source)
+    out = tmp_path / "run"
+    assert main(["train", "--env", f"python:{name}:make_env", "--out", str(out), "--steps", "100", *TINY_ARGS]) == 2
+    _one_line(capsys, message)
+    assert not out.exists()
+
+
+def test_a_gym_module_that_raises_at_import_is_one_sentence(tmp_path, monkeypatch, capsys):
+    _user_module(tmp_path, monkeypatch, "broken_gym_module", "raise ValueError('bad table')\n")
+    assert main(["train", "--env", "gym:broken_gym_module:Thing-v0", "--out", str(tmp_path / "run"), *TINY_ARGS]) == 2
+    _one_line(capsys, "gym:broken_gym_module:Thing-v0 names the module broken_gym_module", "ValueError: bad table")
+
+
+def test_train_from_a_thread_that_is_not_the_main_one_finishes_the_run(tmp_path):
+    import threading
+
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(train(_config(tmp_path / "run", 100))))
+    thread.start()
+    thread.join()
+    assert results == [tmp_path / "run"] and [step for step, _ in _returns(tmp_path / "run")] == [0, 100]
+
+
+def test_act_refuses_non_finite_input_of_any_type_and_a_non_finite_action(finished):
+    import numpy as np
+
+    import uld
+
+    trained = uld.load(finished)
+    for obs in (torch.tensor([float("nan"), 0.0, 0.0]), np.array([1e300, 0.0, 0.0]), torch.tensor([0.0, float("inf"), 0.0],
+                                                                                                   dtype=torch.float64)):
+        with pytest.raises(UldError, match="act takes a finite observation"):
+            trained.act(obs)
+    assert np.all(np.isfinite(trained.act(torch.zeros(3))))
+    trained.agent.act = lambda obs, explore: np.array([float("nan")], dtype=np.float32)
+    with pytest.raises(UldError, match="gave a non-finite action for a finite observation"):
+        trained.act(np.zeros(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["theory", "--n-mdps", "x"], "argument --n-mdps: invalid int value: 'x'; see uld theory --help"),
+    (["theory", "--bogus"], "unrecognized arguments: --bogus"),
+    (["export", "--bogus"], "see uld export --help"),
+    (["export"], "Missing from uld export: RUN_DIR"),
+    (["theory", "--n-mdps", "2"], "--n-mdps must be at least 4"),
+    (["report", "/no/such/sweep", "--reps", "0"], "--reps must be a positive integer (bootstrap resamples), got 0"),
+    (["report", "/no/such/sweep", "--reps", "-5"], "--reps must be a positive integer"),
+    (["report", "/no/such/sweep", "--seed", "-1"], "--seed must be an integer in [0, 4,294,967,295], got -1"),
+])
+def test_every_command_s_bad_options_are_one_sentence(capsys, argv, message):
+    assert main(argv) == 2
+    _one_line(capsys, message)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"env,step,seed,return\nDmc-x,100,0\n", "line 2 is not env,step,seed,return"),
+    (b"env,step,seed,return\nDmc-x,100,zero,5.0\n", "line 2 is not env,step,seed,return with an integer"),
+    (b"env,step,seed,return\nDmc-x,100,0,nan\n", "line 2 has a negative step or seed or a non-finite return"),
+    (b"env,step,seed,return\nDmc-x,100,0,\xff\xfe\n", "is not a UTF-8 CSV file"),
+])
+def test_report_refuses_a_bad_reference_csv_before_writing(finished, tmp_path, capsys, content, message):
+    sweep = tmp_path / "sweep"
+    _copy(finished, sweep)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "curves.csv").write_bytes(content)
+    assert main(["report", str(sweep), "--reference", str(tmp_path / "ref"), "--reps", "10"]) == 2
+    _one_line(capsys, message)
+    assert not (sweep / "report").exists()
+
+
+def test_report_refuses_a_non_finite_return_instead_of_nan_aggregates(finished, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    run = _copy(finished, sweep)
+    data = (run / "eval.csv").read_text().splitlines(keepends=True)
+    fields = data[2].split(",")
+    data[2] = ",".join([fields[0], "nan", "nan", fields[3]])
+    (run / "eval.csv").write_text("".join(data))
+    assert main(["report", str(sweep), "--reps", "10"]) == 2
+    _one_line(capsys, "holds a non-finite return (nan) at step 100")
+    assert not (sweep / "report").exists()
+
+
+def test_export_refuses_a_checkpoint_folder_of_a_run_without_config_json(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    target = run / "checkpoints" / "step-0000000200.pt"
+    before = target.read_bytes()
+    (run / "config.json").rename(tmp_path / "config.json")
+    other = _copy(finished, tmp_path / "other")
+    assert main(["export", str(other), "--out", str(target), "--overwrite"]) == 2
+    _one_line(capsys, "which holds a uld run's checkpoints")
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".onnx"])
+def test_export_to_a_full_disk_is_one_sentence_and_keeps_the_file_it_would_replace(finished, tmp_path, capsys, suffix):
+    import errno
+
+    from uld.train import files
+
+    out = tmp_path / f"policy{suffix}"
+    out.write_bytes(b"the model before")
+
+    def full(op, path):
+        if op == "write" and path.name.startswith("policy"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with files.fault_hook(full):
+        assert main(["export", str(finished), "--out", str(out), "--overwrite"]) == 2
+    _one_line(capsys, f"could not write {out} (No space left on device); any file there is left as it was")
+    assert out.read_bytes() == b"the model before" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_a_video_that_cannot_be_written_is_one_sentence_and_leaves_no_partial_file(finished, tmp_path, capsys):
+    import errno
+
+    from uld.train import files
+
+    video = tmp_path / "videos" / "episode.mp4"
+
+    def read_only(op, path):
+        if path.name.startswith("episode"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    with files.fault_hook(read_only):
+        assert main(["eval", str(finished), "--episodes", "1", "--video", str(video)]) == 2
+    _one_line(capsys, f"could not write {video} (Read-only file system); no video was written")
+    assert list((tmp_path / "videos").iterdir()) == []

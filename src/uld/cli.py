@@ -71,9 +71,24 @@ def _eval(argv: list[str]) -> int:
 
 
 def _theory(argv: list[str]) -> int:
+    import contextlib
+    import io
+
+    from uld.errors import UldError
     from uld.theory.report import main as theory_main
 
-    return theory_main(argv)
+    if "-h" in argv or "--help" in argv:
+        return theory_main(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):  # argparse's usage and error: one sentence instead
+            return theory_main(argv)
+    except SystemExit as exit_:
+        if not exit_.code:
+            raise
+        error = next((line.split("error: ", 1)[1] for line in captured.getvalue().splitlines() if "error: " in line),
+                     "the options could not be parsed")
+        raise UldError(f"{error}; see uld theory --help") from None
 
 
 def _suites(argv: list[str]) -> int:
@@ -102,11 +117,17 @@ def _report(argv: list[str]) -> int:
     from pathlib import Path
 
     from uld.analysis.design_study import design_study_table, is_design_study
+    from uld.analysis.report import check_report_options
+    from uld.train import files
+    from uld.train.lock import locked_file
 
+    check_report_options(config)
     if is_design_study(Path(config.sweep_dir)):  # one sweep per variant: compare each with the default
         table = design_study_table(Path(config.sweep_dir), config.reps, config.seed)
         print(table)
-        (Path(config.sweep_dir) / "design_study.md").write_text("# Design study\n\n" + table + "\n")
+        path = Path(config.sweep_dir) / "design_study.md"
+        with locked_file(path, "the report"):
+            files.write_atomically(path, ("# Design study\n\n" + table + "\n").encode())
         return 0
     print(f"report: {write_report(config)}")
     return 0
@@ -127,8 +148,9 @@ class ExportConfig:
 
 def _export(argv: list[str]) -> int:
     from uld.train.export import export_policy
+    from uld.train.validation import parse_options
 
-    config = tyro.cli(ExportConfig, args=argv, prog="uld export", description=ExportConfig.__doc__)
+    config = parse_options(ExportConfig, argv, "uld export", description=ExportConfig.__doc__)
     print(f"policy: {export_policy(config.run_dir, config.out, config.overwrite)}")
     return 0
 
@@ -155,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:])
     except UldError as error:
-        print(f"uld: {error}", file=sys.stderr)
+        # A path that is not valid UTF-8 (kept by Python as surrogates) is shown escaped, not as an encoding error.
+        print(f"uld: {error}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         print("uld: interrupted", file=sys.stderr)

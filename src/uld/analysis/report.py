@@ -137,6 +137,10 @@ def load_sweep(sweep_dir: Path, agent: str | None = None) -> tuple[Curves, list[
             continue
         env = reference_name(config["env"])
         rows = read_eval_csv(eval_path)
+        bad = next((row for row in rows if not math.isfinite(row["mean_return"])), None)
+        if bad is not None:  # never a silent nan [nan, nan] aggregate, nor a seed dropped from a task's row
+            raise UldError(f"{eval_path} holds a non-finite return ({bad['mean_return']}) at step {bad['step']}; "
+                           "rerun that run or move it out of the sweep directory, then report again")
         for row in rows:
             curves.add(env, int(config["seed"]), row["step"], row["mean_return"])
         curves.final_step[env] = max(curves.final_step.get(env, 0), int(config["steps"]))
@@ -152,13 +156,26 @@ def load_tidy(folder: Path) -> Curves:
     """Every tidy CSV (env,step,seed,return) in a folder, recursively; files of other formats are skipped."""
     curves = Curves()
     for path in sorted(folder.rglob("*.csv")):
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            if tuple(next(reader, ())) != TIDY_COLUMNS:
-                continue
-            for env, step, seed, value in reader:
-                curves.add(env, int(seed), int(step), float(value))
-                curves.final_step[env] = max(curves.final_step.get(env, 0), int(step))
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                if tuple(next(reader, ())) != TIDY_COLUMNS:
+                    continue
+                for row in reader:
+                    try:
+                        env, step, seed, value = row
+                        curves.add(env, int(seed), int(step), float(value))
+                    except ValueError:
+                        raise UldError(f"{path} line {reader.line_num} is not env,step,seed,return with an integer "
+                                       f"step and seed and a number ({','.join(row)!r}); fix or remove that "
+                                       "row") from None
+                    if not math.isfinite(float(value)) or int(seed) < 0 or int(step) < 0:
+                        raise UldError(f"{path} line {reader.line_num} has a negative step or seed or a non-finite "
+                                       f"return ({','.join(row)!r}); fix or remove that row")
+                    curves.final_step[env] = max(curves.final_step.get(env, 0), int(step))
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise UldError(f"{path} is not a UTF-8 CSV file ({error}); pass a folder of env,step,seed,return "
+                           "files") from None
     if not curves.returns:
         raise UldError(f"{folder} holds no curves in the env,step,seed,return format; pass e.g. shared/reference/mrq")
     return curves
@@ -214,12 +231,36 @@ def task_comparisons(results: Curves, reference: Curves, env: str) -> list[StepC
     return compare_curve(_mean_by_step(results, env), reference.by_step(env))
 
 
+def check_report_options(config: ReportConfig) -> None:
+    """Raise UldError for options out of range, before anything is read or written."""
+    if config.reps <= 0:
+        raise UldError(f"--reps must be a positive integer (bootstrap resamples), got {config.reps}")
+    if not 0 <= config.seed < 2**32:
+        raise UldError(f"--seed must be an integer in [0, 4,294,967,295], got {config.seed}")
+
+
 def write_report(config: ReportConfig) -> Path:
-    """Write results.csv, the plots and report.md; the path of report.md."""
+    """Write results.csv, the plots and report.md; the path of report.md. The report folder is locked while it
+    is written (train/lock.py); a failed write is one UldError naming the file."""
+    from uld.train import files
+    from uld.train.lock import locked
+    from uld.train.validation import check_out
+
+    check_report_options(config)
     sweep_dir = Path(config.sweep_dir)
     if not sweep_dir.is_dir():
         raise UldError(f"{sweep_dir} is not a directory; pass the sweep directory that uld sweep wrote")
     out = Path(config.out) if config.out else sweep_dir / "report"
+    check_out(out)
+    with locked(out, "the report folder"):
+        try:
+            return _write_reports(config, sweep_dir, out)
+        except OSError as error:
+            raise files.write_error(Path(error.filename or out), error) from None
+
+
+def _write_reports(config: ReportConfig, sweep_dir: Path, out: Path) -> Path:
+    """One report per agent of the sweep, and one side by side when there are several."""
     agents = sweep_agents(sweep_dir)
     if len(agents) <= 1:
         return _write_agent_report(config, sweep_dir, out, agents[0] if agents else None)
@@ -238,13 +279,13 @@ def _reference(config: ReportConfig, agent: str | None) -> tuple[str | None, Cur
 
 def _write_agent_report(config: ReportConfig, sweep_dir: Path, out: Path, agent: str | None) -> Path:
     """The report of one agent's runs (all the runs when `agent` is None)."""
-    (out / "curves").mkdir(parents=True, exist_ok=True)
     results, unfinished = load_sweep(sweep_dir, agent)
-    write_results_csv(results, out / "results.csv")
     sources = {"this sweep": results}
     reference_label, reference = _reference(config, agent)
     if reference is not None and reference_label is not None:
         sources[reference_label] = reference
+    (out / "curves").mkdir(parents=True, exist_ok=True)  # the inputs are read and checked: writing starts
+    write_results_csv(results, out / "results.csv")
     runs = sum(len(by_seed) for by_seed in results.returns.values())
     comparisons = {env: task_comparisons(results, reference, env) for env in results.returns} if reference else {}
     if reference:

@@ -8,7 +8,6 @@ affinely onto the env's bounds, discrete actions as integer indices 0..n-1, floa
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -143,11 +142,12 @@ def make_gym_env(env_id: str, seed: int) -> Env:
     import gymnasium
 
     import uld.envs.truncated  # noqa: F401
+    from uld.envs.python import import_user_module
 
     module, _, registered_id = env_id.rpartition(":")
     if module:
         try:
-            importlib.import_module(module)
+            import_user_module(module, f"gym:{env_id}")
         except ImportError as err:
             raise UldError(f"gym:{env_id} names the module {module}, which cannot be imported ({err}); "
                            "install it or put it on PYTHONPATH") from err

@@ -9,6 +9,8 @@ uld's conventions (actions in [-1, 1] or indices, float32 observations).
 from __future__ import annotations
 
 import importlib
+import inspect
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +28,52 @@ def factory_name(factory: EnvFactory) -> str:
     return f"python:{factory.__module__}:{factory.__qualname__}"
 
 
+def _where(error: BaseException) -> str:
+    """The file and line where user code raised `error` (its innermost frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" at {error.filename}:{error.lineno}"
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def import_user_module(module_name: str, named_by: str) -> Any:
+    """Import a user's module named by an env name; ImportError is left to the caller (a missing module).
+
+    A module that fails in any other way (a syntax error, an exception, `sys.exit`) is one UldError saying
+    where, and nothing of the run has been written yet.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except SystemExit as exit_:
+        raise UldError(f"{named_by} names the module {module_name}, which called sys.exit({exit_.code!r}) while being "
+                       "imported; guard the script part of the module with if __name__ == '__main__':") from None
+    except Exception as error:  # noqa: BLE001 - whatever user code raises is reported alike
+        raise UldError(f"{named_by} names the module {module_name}, which failed while being imported "
+                       f"({type(error).__name__}: {error}{_where(error)}); fix the module") from None
+
+
 def env_from_factory(factory: EnvFactory, seed: int, evaluation: bool, name: str | None = None) -> Env:
-    """Call ``factory``; wrap what it returns when it is a Gymnasium env."""
-    env = factory(seed=seed, evaluation=evaluation)
+    """Call ``factory``; wrap what it returns when it is a Gymnasium env. A factory that does not take
+    ``seed`` and ``evaluation``, or raises, is one UldError."""
+    try:
+        inspect.signature(factory).bind(seed=seed, evaluation=evaluation)
+    except TypeError:
+        raise UldError(f"the env factory {factory_name(factory)} takes {inspect.signature(factory)}; it must take the "
+                       "keyword arguments seed and evaluation, as make_env(seed=0, evaluation=False)") from None
+    except ValueError:  # a builtin without a signature: called as it is
+        pass
+    try:
+        env = factory(seed=seed, evaluation=evaluation)
+    except UldError:
+        raise
+    except SystemExit as exit_:
+        raise UldError(f"the env factory {factory_name(factory)} called sys.exit({exit_.code!r}); it must return an "
+                       "env") from None
+    except Exception as error:  # noqa: BLE001 - whatever user code raises is reported alike
+        raise UldError(f"the env factory {factory_name(factory)} raised {type(error).__name__}: {error}"
+                       f"{_where(error)}; fix the factory") from None
     if hasattr(env, "spec") and hasattr(env, "sample_action"):  # a uld Env already
         return env
     import gymnasium
@@ -44,7 +89,7 @@ def env_from_factory(factory: EnvFactory, seed: int, evaluation: bool, name: str
 def _make(env_id: str, seed: int, evaluation: bool) -> Env:
     module_name, _, qualname = env_id.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = import_user_module(module_name, f"python:{env_id}")
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as err:

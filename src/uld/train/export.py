@@ -14,6 +14,7 @@ instead, so an exported ALM policy acts on the mean latent (documented in README
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from uld.errors import UldError
+from uld.train import files
+from uld.train.lock import locked_file
 
 FORMATS = {".onnx": "ONNX", ".pt": "TorchScript"}
 METADATA_KEY = "uld"
@@ -101,6 +104,20 @@ def describe(config, spec, step: int) -> dict:
     }
 
 
+def holds_checkpoints(folder: Path) -> bool:
+    """Whether `folder` is a run directory (config.json or checkpoints/ with uld's checkpoint files), or a folder
+    of checkpoints itself, whatever else it lacks."""
+    def has_checkpoint_files(directory: Path) -> bool:
+        try:
+            return any(p.name.startswith("step-") and p.suffix in (".pt", ".sha256", ".tmp")
+                       for p in directory.iterdir())
+        except OSError:
+            return False
+
+    return ((folder / "config.json").is_file() and (folder / "checkpoints").exists()
+            or has_checkpoint_files(folder / "checkpoints") or has_checkpoint_files(folder))
+
+
 def check_export_path(out: Path, overwrite: bool) -> None:
     """Raise UldError for an --out that would replace something it should not or cannot be written.
 
@@ -108,9 +125,9 @@ def check_export_path(out: Path, overwrite: bool) -> None:
     model only with ``overwrite``.
     """
     for folder in out.absolute().parents:
-        if (folder / "config.json").is_file() and (folder / "checkpoints").exists():
-            raise UldError(f"--out {out} lies inside the run directory {folder}, whose files uld export never "
-                           "writes; pass a path outside it")
+        if holds_checkpoints(folder):
+            raise UldError(f"--out {out} lies inside {folder}, which holds a uld run's checkpoints; uld export never "
+                           "writes there: pass a path outside it")
     if out.is_dir():
         raise UldError(f"--out {out} is a directory; pass a file name ending in .onnx or .pt")
     if out.exists() and not overwrite:
@@ -137,28 +154,25 @@ def export_policy(run_dir: str | Path, out: str | Path, overwrite: bool = False)
     module = policy_module(trained.agent, trained.config.agent)
     metadata = json.dumps(describe(trained.config, spec, trained.step))
     example = example_observations(spec)
-    # Written beside `out` and renamed into place: an interrupted export leaves no half-written model.
-    partial = out.with_name(out.name + ".partial" + out.suffix)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    # Serialized in memory, then written through the one writing place (temporary file, rename): a full disk
+    # is an OSError there, never a C++ exception thrown through TorchScript's writer, and leaves no partial file.
+    files.mkdir(out.parent)
+    with locked_file(out, "--out"):
         with _portable_ops(), torch.no_grad():
             if out.suffix == ".pt":
+                buffer = io.BytesIO()
                 scripted = torch.jit.trace(module, example, check_trace=False)
-                torch.jit.save(scripted, str(partial), _extra_files={METADATA_KEY: metadata})
+                torch.jit.save(scripted, buffer, _extra_files={METADATA_KEY: metadata})
+                data = buffer.getvalue()
             else:
-                _export_onnx(module, example, partial, metadata)
-        os.replace(partial, out)
-    except OSError as error:
-        raise UldError(f"--out {out} could not be written ({error.strerror or error}); pass a path in a directory "
-                       "you can write to") from None
-    finally:
-        partial.unlink(missing_ok=True)
+                data = _export_onnx(module, example, metadata)
+        files.write_atomically(out, data, then="any file there is left as it was")
     return out
 
 
-def _export_onnx(module: nn.Module, example: Tensor, out: Path, metadata: str) -> None:
+def _export_onnx(module: nn.Module, example: Tensor, metadata: str) -> bytes:
     try:
-        import onnx
+        import onnx  # noqa: F401  (the exported model is onnx's ModelProto)
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as error:
         raise UldError("exporting to ONNX needs onnx and onnxscript: pip install 'uld[export]'") from error
@@ -178,4 +192,4 @@ def _export_onnx(module: nn.Module, example: Tensor, out: Path, metadata: str) -
     model = program.model_proto
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata
-    onnx.save(model, str(out))
+    return model.SerializeToString()

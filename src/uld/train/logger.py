@@ -1,17 +1,27 @@
-"""What a run writes while it trains: eval.csv, TensorBoard scalars and a progress bar."""
+"""What a run writes while it trains: eval.csv, TensorBoard scalars and a progress bar.
+
+Both files are written through train/files.py, in this thread: eval.csv a fsynced row per evaluation,
+TensorBoard's event file in batches at each evaluation, checkpoint and at the end (TensorBoard's own
+writer writes from a thread of its own, where a full disk surfaces late as a traceback and the
+number of writes depends on timing).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from uld.errors import UldError
+from uld.train import files
 
 EVAL_COLUMNS = ("step", "mean_return", "returns", "wall_seconds")
 
@@ -44,21 +54,54 @@ def read_eval_csv(path: str | Path) -> list[dict]:
     return rows
 
 
+class EventFile:
+    """A TensorBoard event file written through train/files.py: records are kept in memory and appended at
+    flush(). `purge_step`: TensorBoard drops the events of this step and later written before (a resumed run
+    writes them again)."""
+
+    def __init__(self, directory: Path, purge_step: int | None = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        files.mkdir(directory)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+        self.path, self.pending = directory / name, io.BytesIO()
+        self._event = Event
+        self._record(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            self._record(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+        self.flush()  # a new file: a torn first record is what TensorBoard reads as an empty file
+
+    def _record(self, event) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        RecordWriter(self.pending).write(event.SerializeToString())
+
+    def _take(self) -> bytes:
+        data, self.pending = self.pending.getvalue(), io.BytesIO()
+        return data
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from torch.utils.tensorboard.summary import scalar
+
+        self._record(self._event(wall_time=time.time(), step=int(step), summary=scalar(tag, float(value))))
+
+    def flush(self) -> None:
+        if self.pending.tell():
+            files.append(self.path, self._take(), sync=False)
+
+
 class Logger:
     """Appends evaluations to <run>/eval.csv and scalars to TensorBoard under <run>/tb, and forwards the
     scalars to its sinks (objects with log(step, values) and close(), such as train/wandb_sink.py's)."""
 
     def __init__(self, run_dir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True,
                  sinks: Sequence = ()):
-        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
-
         self.run_dir = Path(run_dir)
         self.eval_path = self.run_dir / "eval.csv"
         if not self.eval_path.exists():
-            with open(self.eval_path, "w", newline="") as f:
-                csv.writer(f).writerow(EVAL_COLUMNS)
+            files.write_atomically(self.eval_path, (",".join(EVAL_COLUMNS) + "\r\n").encode())
         # Events after the checkpoint being resumed from are dropped (they will be written again).
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.writer = EventFile(self.run_dir / "tb", purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
                         dynamic_ncols=True, mininterval=1.0)
         self.last_episode_return = math.nan
@@ -79,11 +122,10 @@ class Logger:
     def evaluation(self, step: int, returns: list[float], wall_seconds: float) -> None:
         mean = sum(returns) / len(returns)
         self.last_eval = mean
-        with open(self.eval_path, "a", newline="") as f:
-            csv.writer(f).writerow([step, repr(mean), ";".join(repr(r) for r in returns), f"{wall_seconds:.1f}"])
-            # On disk before a checkpoint records the file's length: a crash cannot leave it shorter.
-            f.flush()
-            os.fsync(f.fileno())
+        row = io.StringIO()
+        csv.writer(row).writerow([step, repr(mean), ";".join(repr(r) for r in returns), f"{wall_seconds:.1f}"])
+        # Fsynced before a checkpoint records the file's length: a crash cannot leave it shorter.
+        files.append(self.eval_path, row.getvalue().encode())
         self.writer.add_scalar("eval/mean_return", mean, step)
         self.writer.add_scalar("eval/wall_seconds", wall_seconds, step)
         self.writer.flush()
@@ -104,7 +146,9 @@ class Logger:
                              refresh=False)
 
     def state_dict(self) -> dict:
-        """Where the logs stand: eval.csv's length, so a resume drops rows written after the checkpoint."""
+        """Where the logs stand: eval.csv's length, so a resume drops rows written after the checkpoint.
+        TensorBoard's events so far are written first."""
+        self.writer.flush()
         return {"eval_csv_bytes": self.eval_path.stat().st_size}
 
     def load_state_dict(self, state: dict) -> None:
@@ -127,15 +171,21 @@ class Logger:
         elif data[offset - 1:offset] != b"\n":
             raise UldError(f"the checkpoint's eval.csv offset {offset} falls inside a row of {self.eval_path}; "
                            "pass another checkpoint with --trust-checkpoint, or --restart to start the run over")
-        with open(self.eval_path, "r+b") as f:
-            f.truncate(offset)
-            f.flush()
-            os.fsync(f.fileno())
+        if offset != len(data):
+            files.truncate(self.eval_path, offset)
         rows = read_eval_csv(self.eval_path)
         self.last_eval = rows[-1]["mean_return"] if rows else math.nan
 
     def close(self) -> None:
+        """Write what is pending and close the sinks. While an error is on its way out (a failed write among
+        them), a failure here is left unsaid: the first error is the one that explains."""
         self.bar.close()
-        self.writer.close()
-        for sink in self.sinks:
-            sink.close()
+        failing = sys.exc_info()[0] is not None
+        try:
+            self.writer.flush()
+        except UldError:
+            if not failing:
+                raise
+        finally:
+            for sink in self.sinks:
+                sink.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,9 @@ import torch
 from uld.agents import build_agent
 from uld.envs import make_env
 from uld.errors import UldError
+from uld.train import files
 from uld.train.checkpoint import Checkpointer
+from uld.train.lock import locked_file
 
 if TYPE_CHECKING:
     from uld.train.config import TrainConfig
@@ -42,15 +45,23 @@ class TrainedAgent:
             raise UldError(f"act takes one observation of shape {tuple(self.obs_shape)} (the run's env "
                            f"{self.config.env}), got {'shape ' if isinstance(shape, tuple) else ''}{shape}; "
                            "pass one observation at a time")
-        if not isinstance(obs, torch.Tensor):
+        if isinstance(obs, torch.Tensor):
+            values = (obs.detach().float() if obs.is_floating_point() else obs.detach()).cpu().numpy()
+        else:
             values = np.asarray(obs)
-            if values.dtype.kind not in "biuf":
-                raise UldError(f"act takes an observation of numbers, got an array of {values.dtype}; pass the "
-                               f"env's observation as it is (a numpy array of shape {shape})")
-            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-                raise UldError("act takes a finite observation, got one with NaN or infinite values; check "
-                               "the env or the code that builds the observation")
-        return self.agent.act(obs, explore=False)
+        if values.dtype.kind not in "biuf":
+            raise UldError(f"act takes an observation of numbers, got an array of {values.dtype}; pass the "
+                           f"env's observation as it is (a numpy array of shape {shape})")
+        # As the policy sees it: a float64 value beyond float32's range is infinite there.
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values.astype(np.float32))):
+            raise UldError("act takes a finite observation (within float32's range), got one with NaN, infinite "
+                           "or overflowing values; check the env or the code that builds the observation")
+        action = self.agent.act(obs, explore=False)
+        if not np.all(np.isfinite(np.asarray(action, dtype=np.float64))):
+            raise UldError(f"the policy of {self.config.env} (step {self.step}) gave a non-finite action for a finite "
+                           "observation; its checkpoint holds non-finite weights or the observation is far outside "
+                           "what it was trained on")
+        return action
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedAgent:
@@ -95,15 +106,72 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, video: str | Path | No
     if episodes <= 0:
         raise UldError(f"--episodes must be a positive integer, got {episodes}")
     trained = load(run_dir)
-    env = make_env(trained.config.env, seed=trained.config.seed + seed_offset, evaluation=True)
-    writer = None
-    if video is not None:
+    if video is None:
+        return _evaluate(trained, episodes, seed_offset, None)
+    try:
+        import imageio.v2 as imageio
+    except ImportError as error:
+        raise UldError("writing a video needs imageio and imageio-ffmpeg: pip install 'uld[video]'") from error
+    video = Path(video)
+    if video.is_dir():
+        raise UldError(f"--video {video} is a directory; pass a file name ending in .mp4")
+    files.mkdir(video.parent)
+    with locked_file(video, "--video"):
+        # Filmed into a temporary file beside it and renamed into place through the one writing place: ffmpeg's
+        # failures (a full disk, a read-only folder: a broken pipe to it) are one sentence and leave no partial video.
+        partial = video.with_name(video.name + ".tmp.mp4")
         try:
-            import imageio.v2 as imageio
-        except ImportError as error:
-            raise UldError("writing a video needs imageio and imageio-ffmpeg: pip install 'uld[video]'") from error
-        Path(video).parent.mkdir(parents=True, exist_ok=True)
-        writer = imageio.get_writer(str(video), fps=30, macro_block_size=8)
+            files.seam("write", partial)
+            writer = _Film(imageio.get_writer(str(partial), fps=30, macro_block_size=8, format="FFMPEG"))
+            try:
+                returns = _evaluate(trained, episodes, seed_offset, writer)
+            finally:
+                writer.close()
+            files.rename(partial, video)
+        except (_FilmFailed, OSError, RuntimeError, ValueError) as error:
+            cause = error.__cause__ if isinstance(error, _FilmFailed) else error
+            raise files.write_error(video, _ffmpeg_cause(cause), "no video was written") from None
+        finally:
+            partial.unlink(missing_ok=True)
+    return returns
+
+
+class _FilmFailed(Exception):
+    """The video writer failed (its error is the cause); an error of the env or the agent is not this."""
+
+
+class _Film:
+    """imageio's writer, its failures told apart from the episode's."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def append_data(self, frame) -> None:
+        try:
+            self.writer.append_data(frame)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise _FilmFailed() from error
+
+    def close(self) -> None:
+        failing = sys.exc_info()[0] is not None  # another error on its way out is the one to tell
+        try:
+            self.writer.close()
+        except (OSError, RuntimeError, ValueError) as error:
+            if not failing:
+                raise _FilmFailed() from error
+
+
+def _ffmpeg_cause(error: BaseException) -> BaseException:
+    """A broken pipe to ffmpeg says nothing of why ffmpeg stopped: its own last line does, when imageio kept it."""
+    if isinstance(error, BrokenPipeError):
+        return RuntimeError("ffmpeg stopped while the frames were written to it: the disk may be full or the folder "
+                            "not writable")
+    return error
+
+
+def _evaluate(trained: TrainedAgent, episodes: int, seed_offset: int, writer) -> list[float]:
+    """Returns of `episodes` episodes; with `writer`, the first is filmed into it."""
+    env = make_env(trained.config.env, seed=trained.config.seed + seed_offset, evaluation=True)
     returns = []
     try:
         for episode in range(episodes):
@@ -119,8 +187,6 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, video: str | Path | No
                     writer.append_data(_frame(env))
             returns.append(total)
     finally:
-        if writer is not None:
-            writer.close()
         env.close()
     return returns
 

@@ -99,7 +99,7 @@ def _newest_common(dirs: list[SeedDir]) -> tuple[list[dict] | None, int | None]:
         states = [_load_or_report(d.checkpointer, step) for d in dirs]
         if all(state is not None for state in states):
             return states, step
-    if not any(d.checkpointer.holds_files() for d in dirs):
+    if not any(d.checkpointer.holds_files() for d in dirs) or _first_save_interrupted(dirs):
         return None, None
     for d in dirs:
         if d.checkpointer.holds_files() and not any(_loads(d.checkpointer, s) for s in d.checkpointer.complete_steps()):
@@ -117,6 +117,21 @@ def _newest_common(dirs: list[SeedDir]) -> tuple[list[dict] | None, int | None]:
     steps = ", ".join(f"seed {d.seed}: {d.checkpointer.verified_step()}" for d in dirs)
     raise UldError(f"the seeds have no verifying checkpoint at one common step ({steps}), so they cannot "
                    "continue together; finish each seed on its own with --seed K (and --out its directory)")
+
+
+def _first_save_interrupted(dirs: list[SeedDir]) -> bool:
+    """Whether the seeds' first checkpoint was cut short: some seeds have no checkpoint file, and the others
+    have one each, of one step, that verifies and was written by this seed list. The seeds' previous state
+    is then a run with no checkpoint, which starts over (the files are moved aside, not deleted)."""
+    steps = [d.checkpointer.steps() for d in dirs]
+    saved = [(d.checkpointer, s[0]) for d, s in zip(dirs, steps) if s]
+    if not saved or len(saved) == len(dirs) or any(len(s) > 1 for s in steps):
+        return False
+    if len({step for _, step in saved}) > 1 or not all(c.verifies(step) for c, step in saved):
+        return False
+    seeds = together([d.seed for d in dirs])
+    return all(torch.load(c.path(step), weights_only=True, map_location="cpu").get(TOGETHER) == seeds
+               for c, step in saved)
 
 
 def _loads(checkpointer: Checkpointer, step: int) -> bool:

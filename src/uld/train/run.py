@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from uld.agents.registry import AgentSpec, BuildContext, get_agent
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
+from uld.train import files
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
 from uld.train.config import (
     RESUMABLE_CHANGES,
@@ -29,6 +31,7 @@ from uld.train.config import (
     resumed_config_source,
     seed_configs,
 )
+from uld.train.lock import locked
 from uld.train.logger import Logger
 from uld.train.population import Batched, PerSeed, Seeds, rng_state
 from uld.train.resume import TOGETHER, SeedDir, resume_states, together
@@ -64,11 +67,14 @@ def seed_everything(seed: int) -> None:
 
 def train_until_stopped(trainer, steps: int) -> None:
     """trainer.train(steps), with SIGINT and SIGTERM turned into stop requests (the trainer checkpoints, then
-    raises RunInterrupted); the previous handlers come back however it ends."""
+    raises RunInterrupted); the previous handlers come back however it ends. Python lets only the main thread
+    install signal handlers: from another thread the run trains without them (a signal then acts as the
+    process's own handlers say)."""
     def request_stop(signum, frame):  # noqa: ARG001
         trainer.stop_signal = signum
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         trainer.train(steps)
     finally:
@@ -130,6 +136,16 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
     """
     given = set(explicit) if explicit is not None else _options_given(config)
     configs = _seed_configs(config, given)
+    with contextlib.ExitStack() as locks:  # one writer per run directory (train/lock.py)
+        for c in configs:
+            locks.enter_context(locked(c.out, "the run directory"))
+            files.check_run_directory(Path(c.out))
+        return _train_locked(config, configs, on_allocated)
+
+
+def _train_locked(config: TrainConfig, configs: list[TrainConfig],
+                  on_allocated: Callable[[], object] | None) -> Path | list[Path]:
+    """train() with its options checked, holding every seed's run directory lock."""
     cfg = configs[0]
     seeds = [c.seed for c in configs]
     device = resolve_device(cfg.device)
@@ -139,6 +155,9 @@ def train(config: TrainConfig, explicit: Collection[str] | None = None, *,
     run_dirs = [d.run_dir for d in dirs]
     result: Path | list[Path] = run_dirs if len(run_dirs) > 1 else run_dirs[0]
     if states is not None and start_step >= cfg.steps and not any(s["trainer"].get("evaluation_due") for s in states):
+        if cfg.trust_checkpoint:  # trusted from now on, so that the same command without the option is not stuck
+            for d in dirs:
+                d.checkpointer.adopt(cfg.trust_checkpoint)
         finished = run_dirs[0] if len(run_dirs) == 1 else f"the seeds' runs ({run_dirs[0].parent})"
         print(f"uld: {finished} already finished {start_step} steps (asked for {cfg.steps}); nothing to do",
               file=sys.stderr)

@@ -213,9 +213,11 @@ class Trainer:
                 self._diverged(k, ["the policy's action"])
 
     def _diverged(self, k: int, names: list[str]) -> None:
+        checkpointer = self.seeds[k].checkpointer
+        steps = checkpointer.complete_steps() if checkpointer is not None else []
+        kept = f"the checkpoint of step {steps[0]} is kept" if steps else "no checkpoint was written"
         raise UldError(f"training diverged at step {self.step}: {', '.join(names)} of seed {self.seeds[k].seed} "
-                       "became non-finite; the last good checkpoint is kept; lower the learning rates or check "
-                       "the env's rewards")
+                       f"became non-finite; {kept}; lower the learning rates or check the env's rewards")
 
     def _log_metrics(self) -> None:
         for k, seed in enumerate(self.seeds):

@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from uld.errors import UldError
+from uld.train import files
 
 ID_FILE = "wandb_id"
 """The file in the run directory that holds the run's W&B id."""
@@ -32,7 +33,7 @@ class WandbSink:
         run_dir = Path(run_dir)
         id_path = run_dir / ID_FILE
         run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
-        id_path.write_text(run_id + "\n")
+        files.write_atomically(id_path, (run_id + "\n").encode())
         # W&B's files go beside the run's own, unless WANDB_DIR says where.
         directory = os.environ.get("WANDB_DIR") or str(run_dir)
         try:
