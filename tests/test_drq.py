@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from numerics import FP32_EPS, adam_first_step, assert_within
 from test_resume import stop_with_sigint
-from test_stacked import _close_within, _fill
+from test_stacked import ATOL, RTOL, STEP_ULPS, _fill, _term_scale
 from test_sync_free import VECTOR as SYNC_VECTOR
 from test_sync_free import _filled_buffer, _guard_updates
 from uld.agents.drq.config import DRQConfig
@@ -152,14 +153,18 @@ def test_cumulative_n_step_masking_with_a_termination_in_the_middle():
 
 # ---- many seeds, resume, registration -------------------------------------------------------
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("spec", [VECTOR, PIXELS], ids=["vector", "pixels"])
 def test_drq_seed_k_of_many_updates_as_a_single_seed(spec):
     """StackedULD with DR.Q's config (faded replays, InfoNCE, no clip): each seed's encoder and value/policy
-    updates equal a single-seed DR.Q agent's. Tolerance as tests/test_stacked.py: batched matmuls and grouped
-    convolutions sum in another order, so results agree to fp32 rounding, 1e-4 of each tensor's largest value
-    (plus 1e-6 near 0); the InfoNCE's 8 x 8 logits add one more matmul of the same kind."""
+    updates equal a single-seed DR.Q agent's, with tests/test_stacked.py's bounds: batched matmuls and grouped
+    convolutions sum in another order, so metrics and first-step gradients agree to fp32 reordering (RTOL of
+    the size of their terms), and the AdamW step is compared against the step each copy's own gradient implies
+    (an entry whose gradient is rounding noise moves by up to lr in a direction rounding chose). The InfoNCE's
+    8 x 8 logits add one more matmul of the same kind."""
     config = drq_small(**SIZES)
     seeds = [3, 5, 7]
+    rtol = RTOL["fp32"]
     stacked = StackedULD(spec, config, seeds)
     buffers = make_buffers(spec, config, seeds, "cpu")
     single_buffers = make_buffers(spec, config, seeds, "cpu")
@@ -171,26 +176,38 @@ def test_drq_seed_k_of_many_updates_as_a_single_seed(spec):
         agent = ULDAgent(spec, config, cuda_graphs=False)
         agent.load_state_dict(stacked.seed_state_dict(k))
         singles.append(agent)
+
+    def close_metrics(stacked_metrics, single_metrics, k):
+        for name, value in single_metrics.items():
+            assert_within(name, stacked_metrics[name][k].double() - value.double(),
+                          ATOL + rtol * _term_scale(name, single_metrics, None))
+
+    def close_step(network, agent, k, lr):
+        for name, p in getattr(agent, network).named_parameters():
+            q = stacked.params[f"{network}.{name}"]
+            assert_within(f"{network} grad {name}", q.grad[k].double() - p.grad.double(),
+                          ATOL + rtol * p.grad.abs().max().item())
+            predicted = -lr * (adam_first_step(q.grad[k]) - adam_first_step(p.grad))
+            assert_within(f"{network} {name}", q[k].detach().double() - p.detach().double() - predicted,
+                          STEP_ULPS * FP32_EPS * (p.detach().double().abs() + lr))
+
     states = [g.get_state() for g in stacked.generators]
     metrics = stacked.update_encoder(*stacked.encoder_inputs(buffers))
     assert "encoder/infonce" in metrics
     for k, (agent, buffer) in enumerate(zip(singles, single_buffers)):
         torch.set_rng_state(states[k])
-        single = agent._update_encoder(buffer)
-        for name, value in single.items():
-            _close_within(metrics[name][k], value, name)
-        for name, p in agent.encoder.named_parameters():
-            _close_within(stacked.params[f"encoder.{name}"][k], p.detach(), f"encoder {name}")
+        close_metrics(metrics, agent._update_encoder(buffer), k)
+        close_step("encoder", agent, k, config.encoder_lr)
     states = [g.get_state() for g in stacked.generators]
-    stacked.update_value_and_policy(buffers, *stacked.value_policy_inputs(buffers))
+    metrics = stacked.update_value_and_policy(buffers, *stacked.value_policy_inputs(buffers))
     for k, (agent, buffer) in enumerate(zip(singles, single_buffers)):
         torch.set_rng_state(states[k])
-        agent._update_value_and_policy(buffer)
-        for network in ("value", "policy"):
-            for name, p in getattr(agent, network).named_parameters():
-                _close_within(stacked.params[f"{network}.{name}"][k], p.detach(), f"{network} {name}")
-        _close_within(buffers[k].sampling_weight(torch.arange(400)), buffer.sampling_weight(torch.arange(400)),
-                      "faded weights")
+        close_metrics(metrics, agent._update_value_and_policy(buffer), k)
+        close_step("value", agent, k, config.value_lr)
+        close_step("policy", agent, k, config.policy_lr)
+        weights = buffer.sampling_weight(torch.arange(400))
+        assert_within("faded weights", buffers[k].sampling_weight(torch.arange(400)).double() - weights.double(),
+                      ATOL + rtol * weights.abs().max().item())
 
 
 def test_several_seeds_train_drq_in_one_process(tmp_path):
