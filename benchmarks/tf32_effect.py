@@ -5,12 +5,13 @@
 TF32 (uld train --tf32 on CUDA) multiplies fp32 matrices with their inputs rounded to 10 mantissa bits
 (fp32 has 23), accumulating in fp32. Here every matmul of the update (F.linear, on torch's own kernel)
 gets its two inputs rounded that way (round to nearest, ties away from zero, like the tensor cores'
-conversion up to the tie rule; see tf32_round for the backward), and the result is compared with the same updates in fp32, from the same
-weights, replay and noise: the relative difference of each logged loss after the first update and after
-the last, and of the weights' change over the updates (|dW_tf32 - dW_fp32| / |dW_fp32|). bf16 autocast,
-whose inputs keep 7 mantissa bits, is the same comparison one step coarser, given as a yardstick; fp32
-on the oneDNN GEMM (uld/agents/linear.py; another summation order, nothing rounded more) shows how far
-two fp32 runs drift apart over the same updates from rounding differences alone.
+conversion up to the tie rule; see tf32_round for the backward), and the result is compared with the same
+updates in fp32, from the same weights, replay and noise: the relative difference of each logged loss
+after the first update and after the last, and of the weights' change over the updates (|dW_tf32 - dW_fp32|
+/ |dW_fp32|). bf16 autocast, whose inputs keep 7 mantissa bits, is the same comparison one step
+coarser, given as a yardstick; fp32 on the oneDNN GEMM (uld/agents/linear.py; another summation order,
+nothing rounded more) shows how far two fp32 runs drift apart over the same updates from rounding
+differences alone.
 
 It measures the arithmetic's effect, not the speed: TF32's speed-up exists on a GPU only.
 """
