@@ -5,10 +5,13 @@
 TF32 (uld train --tf32 on CUDA) multiplies fp32 matrices with their inputs rounded to 10 mantissa bits
 (fp32 has 23), accumulating in fp32. Here every matmul of the update (F.linear, on torch's own kernel)
 gets its two inputs rounded that way (round to nearest, ties away from zero, like the tensor cores'
-conversion up to the tie rule), and the result is compared with the same updates in fp32, from the same
-weights, replay and noise: the relative difference of each logged loss after the first update and after
-the last, and of the weights' change over the updates (|dW_tf32 - dW_fp32| / |dW_fp32|). bf16 autocast,
-whose inputs keep 7 mantissa bits, is the same comparison one step coarser, given as a yardstick.
+conversion up to the tie rule; see tf32_round for the backward), and the result is compared with the same
+updates in fp32, from the same weights, replay and noise: the relative difference of each logged loss
+after the first update and after the last, and of the weights' change over the updates (|dW_tf32 - dW_fp32|
+/ |dW_fp32|). bf16 autocast, whose inputs keep 7 mantissa bits, is the same comparison one step
+coarser, given as a yardstick; fp32 on the oneDNN GEMM (uld/agents/linear.py; another summation order,
+nothing rounded more) shows how far two fp32 runs drift apart over the same updates from rounding
+differences alone.
 
 It measures the arithmetic's effect, not the speed: TF32's speed-up exists on a GPU only.
 """
@@ -32,9 +35,12 @@ VECTOR = EnvSpec("bench:vector", (17,), 6, discrete=False, max_episode_steps=100
 
 
 def tf32_round(x: torch.Tensor) -> torch.Tensor:
-    """x (fp32) rounded to 10 mantissa bits: add half of the 13 dropped bits' unit, then drop them."""
-    bits = x.contiguous().view(torch.int32)
-    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+    """x (fp32) rounded to 10 mantissa bits (add half of the 13 dropped bits' unit, then drop them), with the
+    gradient of the identity: the backward's matmuls then see the rounded inputs too, their incoming
+    gradients unrounded (TF32 would round those as well: the emulation is on the mild side there)."""
+    bits = x.detach().contiguous().view(torch.int32)
+    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+    return x + (rounded - x).detach()
 
 
 @contextmanager
@@ -81,7 +87,7 @@ def main() -> None:
     start = [p.detach().clone() for p in template.trained_parameters()]
     state = copy.deepcopy(buffer.state_dict())
     results = {}
-    for mode in ("fp32", "tf32 (emulated)", "bf16"):
+    for mode in ("fp32", "fp32 (oneDNN GEMM)", "tf32 (emulated)", "bf16"):
         agent = ULDAgent(VECTOR, config, precision="bf16" if mode == "bf16" else "fp32")
         agent.load_state_dict(copy.deepcopy(template.state_dict()))
         buffer.load_state_dict(copy.deepcopy(state))
@@ -89,7 +95,9 @@ def main() -> None:
             with tf32_linear():
                 first, last = run(agent, buffer, args.updates, seed=1)
         else:
+            set_onednn("oneDNN" in mode)
             first, last = run(agent, buffer, args.updates, seed=1)
+            set_onednn(False)
         change = torch.cat([(p.detach() - s).flatten() for p, s in zip(agent.trained_parameters(), start)])
         results[mode] = (first, last, change)
     base_first, base_last, base_change = results["fp32"]
@@ -97,7 +105,7 @@ def main() -> None:
           "from the same weights, replay and noise; relative difference to fp32")
     print("\n| arithmetic | losses after update 1 (max over losses) | losses after the last update (max) "
           "| weight change |\n|---|---|---|---|")
-    for mode in ("tf32 (emulated)", "bf16"):
+    for mode in ("fp32 (oneDNN GEMM)", "tf32 (emulated)", "bf16"):
         first, last, change = results[mode]
         d_first = max(abs(first[k] - base_first[k]) / max(abs(base_first[k]), 1e-12) for k in base_first if "loss" in k)
         d_last = max(abs(last[k] - base_last[k]) / max(abs(base_last[k]), 1e-12) for k in base_last if "loss" in k)
