@@ -10,6 +10,7 @@ difference is a defect of the graph driver (a lost, repeated or reordered update
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -29,8 +30,11 @@ CONFIG = ULDConfig(batch_size=8, zs_dim=16, zsa_dim=16, za_dim=8, hidden_dim=16,
                    buffer_capacity=300, random_steps=0)
 
 
-def _buffer(seed: int = 0):
-    buffer = make_buffer(VECTOR, CONFIG, seed=seed)
+FADED = dataclasses.replace(CONFIG, fade=0.99, fade_floor=0.5)  # DR.Q's faded replay (uld/replay/faded.py)
+
+
+def _buffer(seed: int = 0, config: ULDConfig = CONFIG):
+    buffer = make_buffer(VECTOR, config, seed=seed)
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=5).astype(np.float32)
     for t in range(100):
@@ -42,9 +46,9 @@ def _buffer(seed: int = 0):
     return buffer
 
 
-def _agent(backend: StandInBackend | None):
+def _agent(backend: StandInBackend | None, config: ULDConfig = CONFIG):
     torch.manual_seed(0)
-    return ULDAgent(VECTOR, CONFIG, cuda_graphs=False, graph_backend=backend), _buffer()
+    return ULDAgent(VECTOR, config, cuda_graphs=False, graph_backend=backend), _buffer(config=config)
 
 
 def _parameters(agent) -> list[torch.Tensor]:
@@ -64,9 +68,9 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def _eager_reference(updates: int):
+def _eager_reference(updates: int, config: ULDConfig = CONFIG):
     """An agent made capturable as the graphed ones are, run without graphs: the reference they must equal."""
-    agent, buffer = _agent(None)
+    agent, buffer = _agent(None, config)
     for optimizer in (agent.encoder_optimizer, agent.value_optimizer, agent.policy_optimizer):
         optimizer.defaults["capturable"] = True
         for group in optimizer.param_groups:
@@ -137,11 +141,13 @@ def test_capture_warm_up_and_replay_run_with_the_agents_device_current() -> None
     assert CudaGraphBackend(torch.device("cuda:1")).scope().idx == 1
 
 
+@pytest.mark.parametrize("config", [CONFIG, FADED], ids=["lap", "faded"])
 @pytest.mark.parametrize("fail", ["capture", "replay"])
-def test_a_failed_capture_warns_once_and_the_run_goes_on_eagerly_losing_nothing(fail) -> None:
-    """Fix 9 of issue 24: the state is restored from before the capture and the update is redone eagerly."""
+def test_a_failed_capture_warns_once_and_the_run_goes_on_eagerly_losing_nothing(fail, config) -> None:
+    """Fix 9 of issue 24: the state is restored from before the capture and the update is redone eagerly
+    (with a faded replay too, whose sampling weights an update also writes)."""
     backend = StandInBackend(fail=fail)
-    agent, buffer = _agent(backend)
+    agent, buffer = _agent(backend, config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = _run(agent, buffer, 12)
@@ -154,12 +160,13 @@ def test_a_failed_capture_warns_once_and_the_run_goes_on_eagerly_losing_nothing(
     _run(agent, buffer, 2)
     assert backend.replays == replays  # eager from then on
 
-    reference, reference_buffer, _ = _eager_reference(12)
+    reference, reference_buffer, _ = _eager_reference(12, config)
     _run(reference, reference_buffer, 2)
     _assert_same(_parameters(agent), _parameters(reference))
     assert torch.equal(buffer.priority, reference_buffer.priority)
     assert torch.equal(buffer.max_priority, reference_buffer.max_priority)
     assert torch.equal(buffer.generator.get_state(), reference_buffer.generator.get_state())
+    assert torch.equal(buffer.tree.total, reference_buffer.tree.total)
     assert all(torch.isfinite(v).all() for v in metrics.values())
 
 

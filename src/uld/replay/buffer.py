@@ -407,7 +407,7 @@ class ReplayBuffer:
     def update_written_tensors(self) -> list[Tensor]:
         """The tensors update_priorities writes in place (with the generator, what an update changes here):
         what a failed CUDA graph capture must restore (uld/agents/uld/graphs.py)."""
-        return [self._priority, self.tree.nodes, self.max_priority]
+        return [self._priority, *self.tree.written_tensors(), self.max_priority]
 
     # ---- state --------------------------------------------------------------------------------
 

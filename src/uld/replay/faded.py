@@ -119,6 +119,10 @@ class FadedTree:
         self.young.set(index, young)
         self.old.set(index, old)
 
+    def written_tensors(self) -> list[Tensor]:
+        """The tensors `set` writes in place (what a failed CUDA graph capture must restore)."""
+        return [self._weight, *self.young.written_tensors(), *self.old.written_tensors()]
+
     def rebuild(self, leaves: Tensor) -> None:
         """Set every slot's unfaded weight and recompute both trees."""
         self._weight.copy_(leaves)

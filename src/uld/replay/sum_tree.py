@@ -28,10 +28,9 @@ class SumTree:
         self.nbytes = self._tree.nbytes
         self._pairs = self._tree.view(-1, 2)  # row n: children of node n
 
-    @property
-    def nodes(self) -> Tensor:
-        """Every node, root and leaves included (the tensor itself, written in place by set)."""
-        return self._tree
+    def written_tensors(self) -> list[Tensor]:
+        """The tensors `set` writes in place (what a failed CUDA graph capture must restore)."""
+        return [self._tree]
 
     @property
     def total(self) -> Tensor:
