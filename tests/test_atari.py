@@ -21,7 +21,7 @@ import ale_py  # noqa: E402
 from ale_py import roms  # noqa: E402
 
 import uld.envs.atari as atari  # noqa: E402
-import uld.train.run as run  # noqa: E402
+import uld.train.seed_envs as seed_envs  # noqa: E402
 from uld.agents.uld.config import reduced_config  # noqa: E402
 from uld.envs import make_env  # noqa: E402
 from uld.envs.base import EnvSpec  # noqa: E402
@@ -153,7 +153,7 @@ def test_the_run_makes_its_evaluation_env_with_evaluation_true(tmp_path: Path, m
             raise UldError("stop here")
         return make_env(name, seed, evaluation)
 
-    monkeypatch.setattr(run, "make_env", recording_make_env)
+    monkeypatch.setattr(seed_envs, "make_env", recording_make_env)  # where the run makes its envs
     with pytest.raises(UldError, match="stop here"):
         train(TrainConfig(env="atari:Pong", seed=3, steps=10, out=str(tmp_path / "run"), progress=False))
     assert calls == [("atari:Pong", 3, False), ("atari:Pong", 103, True)]

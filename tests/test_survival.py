@@ -287,10 +287,11 @@ def _signal_during_evaluation(monkeypatch, at_step_of_training: int, after_eval_
     (after_eval_steps None: right after that evaluation)."""
     import uld.train.trainer as trainer_module
 
-    real_evaluate = trainer_module.evaluate
+    real_evaluate = trainer_module.evaluate_seeds  # the loop's evaluation of every seed
     calls = {"evaluations": 0}
 
-    def evaluate(agent, env, episodes, stop=None):
+    def evaluate(agents, envs, episodes, stop=None):
+        env = envs[0]
         calls["evaluations"] += 1
         if calls["evaluations"] == at_step_of_training // 100 + 1:
             steps = [0]
@@ -303,17 +304,17 @@ def _signal_during_evaluation(monkeypatch, at_step_of_training: int, after_eval_
                 return real_step(action)
 
             if after_eval_steps is None:
-                returns = real_evaluate(agent, env, episodes, stop)
+                returns = real_evaluate(agents, envs, episodes, stop)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return returns
             env.step = step
             try:
-                return real_evaluate(agent, env, episodes, stop)
+                return real_evaluate(agents, envs, episodes, stop)
             finally:
                 del env.step
-        return real_evaluate(agent, env, episodes, stop)
+        return real_evaluate(agents, envs, episodes, stop)
 
-    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    monkeypatch.setattr(trainer_module, "evaluate_seeds", evaluate)
 
 
 def test_a_stop_during_an_evaluation_abandons_it_and_the_resumed_run_is_the_straight_one(tmp_path, monkeypatch):

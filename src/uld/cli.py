@@ -13,7 +13,7 @@ import tyro
 USAGE = """usage: uld COMMAND [OPTIONS]
 
 commands:
-  train    train an agent on one env and seed (uld train --help)
+  train    train an agent on one env, one seed or many (uld train --help)
   eval     evaluate a trained run and optionally film an episode (uld eval --help)
   theory   check the papers' theorems numerically on random finite MDPs
   suites   list the benchmark suites and their budgets (uld suites [SUITE] lists a suite's envs)

@@ -17,7 +17,7 @@ from uld.errors import UldError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Train an agent on one env with one seed; budget and evaluation default to the env's protocol."""
+    """Train an agent on one env with one seed or several (--seeds); budget and evaluation follow the env's protocol."""
 
     agent: str = DEFAULT_AGENT
     """Which agent to train; its hyperparameters are the --<agent>.* options (uld train --agent NAME --help)."""

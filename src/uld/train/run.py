@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uld.agents import build_agent
 from uld.agents.registry import AgentSpec, BuildContext, get_agent
 from uld.envs.base import EnvSpec
 from uld.errors import UldError
@@ -243,7 +244,9 @@ def _make_agents(agent: AgentSpec, cfg: TrainConfig, spec: EnvSpec, seeds: list[
     instances, buffers, rngs = [], [], []
     for seed in seeds:
         seed_everything(seed)
-        instance, buffer = agent.build(spec, cfg.agent_config, dataclasses.replace(context, seed=seed))
+        instance, buffer = build_agent(cfg.agent, spec, cfg.agent_config, device=device, precision=cfg.precision,
+                                       seed=seed, total_steps=cfg.steps, compiled=cfg.compile,
+                                       cuda_graphs=cfg.cuda_graphs)
         instances.append(instance)
         buffers.append(buffer)
         rngs.append(rng_state())
