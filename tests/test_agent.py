@@ -503,3 +503,40 @@ def test_agents_loaded_from_one_state_dict_do_not_share_optimizer_state():
     assert all(torch.equal(a, b) for a, b in zip(moments, after))
     changed = [s["exp_avg"] for s in first.value_optimizer.state.values()]
     assert any(not torch.equal(a, b) for a, b in zip(moments, changed))
+
+
+def test_single_seed_bf16_trains_end_to_end(tmp_path, monkeypatch) -> None:
+    """uld train --precision bf16 on a real env, one seed: the run evaluates, records bf16 in its config, its
+    checkpoint loads (for playback, in fp32) and acts, and its 50 updates (after 100 random steps) moved the
+    weights."""
+    import json
+
+    import uld
+    from uld.train.logger import read_eval_csv
+    from uld.train.run import TrainConfig, train
+
+    config = TrainConfig(env="gym:Pendulum-v1", seed=2, steps=150, eval_every=150, eval_episodes=1, precision="bf16",
+                         out=str(tmp_path / "run"), progress=False, small=True,
+                         uld=reduced_config(batch_size=16, hidden_dim=32, zs_dim=32, zsa_dim=32, za_dim=16,
+                                            random_steps=100, target_update_period=10, buffer_capacity=1000))
+    import uld.agents.linear as linear_module
+
+    dtypes, original = set(), linear_module.F.linear
+
+    def recording_linear(x, weight, bias=None):
+        out = original(x, weight, bias)
+        dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(linear_module.F, "linear", recording_linear)
+    run = train(config)
+    assert torch.bfloat16 in dtypes  # the updates' matmuls ran in bf16
+    assert [row["step"] for row in read_eval_csv(run / "eval.csv")] == [0, 150]
+    assert json.loads((run / "config.json").read_text())["precision"] == "bf16"
+    trained = uld.load(run)
+    assert trained.agent.training_step == 50
+    torch.manual_seed(2)
+    fresh = ULDAgent(trained.agent.spec, trained.agent.config, precision="bf16")
+    assert not torch.equal(fresh.policy.mlp.l1.weight, trained.agent.policy.mlp.l1.weight)
+    action = trained.act(np.zeros(3, np.float32))
+    assert action.shape == (1,) and abs(float(action[0])) <= 1

@@ -335,3 +335,28 @@ def test_a_renderer_that_cannot_load_is_one_sentence_naming_mujoco_gl_and_the_pa
         pytest.skip("OSMesa is installed here, so this backend works")
     message = result.stdout.strip()
     assert "MUJOCO_GL=egl" in message and "apt install libegl1" in message and "libosmesa6" in message
+
+
+def test_many_seeds_train_end_to_end_on_dmc_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seeds 0,1 on a pixel task, in one process: each seed writes a single-seed run directory that
+    evaluates at the same steps, loads as a single-seed agent and acts on pixels, and the seeds differ."""
+    import uld
+
+    monkeypatch.setattr(dmc, "MAX_EPISODE_STEPS", 40)
+    config = TrainConfig(env="dmc-pixels:cartpole-swingup", seeds="0,1", steps=80, eval_every=80, eval_episodes=1,
+                         out=str(tmp_path / "runs"), progress=False, small=True, env_workers=0,
+                         uld=reduced_config(batch_size=4, random_steps=60, target_update_period=10,
+                                            buffer_capacity=1000))
+    train(config)
+    returns, weights = [], []
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"seed{seed}"
+        rows = read_eval_csv(run / "eval.csv")
+        assert [row["step"] for row in rows] == [0, 80]
+        trained = uld.load(run)
+        assert trained.step == 80 and trained.agent.training_step == 20  # 80 - 60 random steps
+        obs = make_env("dmc-pixels:cartpole-swingup", seed=seed).reset()
+        assert obs.dtype == np.uint8 and np.all(np.abs(trained.act(obs)) <= 1)
+        returns.append([row["mean_return"] for row in rows])
+        weights.append(trained.agent.policy.mlp.l1.weight.detach().clone())
+    assert returns[0] != returns[1] and not torch.equal(weights[0], weights[1])

@@ -11,7 +11,7 @@ import torch
 
 import uld
 from uld.agents.uld.config import reduced_config
-from uld.envs import make_env
+from uld.envs import dmc, make_env
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer
 from uld.train.playback import evaluate_run
@@ -75,8 +75,10 @@ def test_load_restores_the_trained_weights_and_acts_as_the_trained_agent(tmp_pat
     assert any(not np.array_equal(untrained.act(obs, explore=False), loaded.act(obs)) for obs in observations)
 
 
-def test_eval_is_reproducible_and_writes_a_video(run_dir, tmp_path):
+def test_eval_is_reproducible_and_writes_a_video(run_dir, tmp_path, monkeypatch):
     import imageio.v2 as imageio
+
+    monkeypatch.setattr(dmc, "MAX_EPISODE_STEPS", 50)  # 50-step episodes (500 by default): a short video
 
     video = tmp_path / "videos" / "episode.mp4"
     returns = evaluate_run(run_dir, episodes=2, video=video)
@@ -92,7 +94,7 @@ def test_eval_is_reproducible_and_writes_a_video(run_dir, tmp_path):
     assert returns == expected and returns[0] != returns[1]
     reader = imageio.get_reader(str(video))
     frames = [frame for frame in reader]
-    assert len(frames) == 501  # the reset frame and one per agent step
+    assert len(frames) == 51  # the reset frame and one per agent step
     assert frames[0].shape == (256, 256, 3) and frames[0].std() > 10  # a rendered scene, not a blank frame
 
 
