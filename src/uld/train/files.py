@@ -24,6 +24,7 @@ import errno
 import io
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,14 +167,14 @@ def write_atomically(path: Path, data: bytes | None = None, writer: Callable[[An
         raise write_error(path, error, then) from None
 
 
-def mkdir(path: Path) -> None:
-    """Create a folder and its parents, as a UldError naming it when that fails."""
+def mkdir(path: Path, parents: bool = True) -> None:
+    """Create a folder (and its parents, with `parents`), as a UldError naming it when that fails."""
     path = Path(path)
     if path.is_dir():
         return
     try:
         seam("mkdir", path)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=parents, exist_ok=True)
     except OSError as error:
         raise write_error(path, error) from None
 
@@ -245,3 +246,10 @@ def check_run_directory(run_dir: Path) -> None:
             found = "folder" if path.is_dir() else "file"
             raise UldError(f"{path} is a {found}, where uld keeps a {kind}; nothing was changed: move it out of the "
                            "run directory (or restore the one uld wrote) and run the same command again")
+        if kind == "folder" and path.is_dir():  # a read-only folder is found now, not after the steps are trained
+            try:
+                with tempfile.TemporaryFile(dir=path):
+                    pass
+            except OSError as error:
+                raise UldError(f"{path} cannot be written ({describe_error(error)}); nothing was changed: "
+                               f"{_advice(error)} and run the same command again") from None
