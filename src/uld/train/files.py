@@ -13,8 +13,9 @@ Three promises hold for all of them:
 
 The seam: every operation that changes the disk first calls `seam(op, path)`, with op one of
 "write" (bytes into a file), "fsync", "rename", "truncate", "unlink" and "mkdir". A test installs a
-hook with `fault_hook(hook)` that raises an OSError (a full or failing disk) or stops the process
-(a kill) at the k-th operation; tests/test_faults.py runs a real training run through every k.
+hook with `fault_hook(hook)` that raises an OSError at the k-th operation (a full or failing disk),
+copies the disk as a kill there leaves it, or blocks there until the test kills the process;
+tests/test_faults.py runs a real training run through every k.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from uld.errors import UldError
-
-OPERATIONS = ("write", "fsync", "rename", "truncate", "unlink", "mkdir")
-"""What the seam reports, in the order a replaced file meets them: write, fsync, rename, fsync (of the folder)."""
 
 Hook = Callable[[str, Path], None]
 _hook: Hook | None = None
