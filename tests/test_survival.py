@@ -121,6 +121,7 @@ def test_restart_moves_the_old_run_aside_and_deletes_nothing(finished, tmp_path)
     run = _copy(finished, tmp_path)
     _empty_checksums(run)
     before = _snapshot(run)
+    del before[".lock"]  # the run directory's lock (train/lock.py) stays where it is
     train(_config(run, 200, checkpoint_every=100, restart=True))
     (aside,) = run.glob("restarted-*")
     assert {name: data for name, data in _snapshot(aside).items()} == before  # every old file, unchanged
@@ -566,11 +567,29 @@ def test_a_damaged_run_directory_is_one_sentence_before_anything_is_written(fini
     assert _snapshot(run) == before
 
 
-def test_a_run_directory_whose_name_is_not_utf8_trains_and_its_messages_print(tmp_path, capsys):
-    run = tmp_path / os.fsdecode(b"run-\xff")
+def test_a_run_directory_whose_name_is_not_utf8_trains_reports_and_its_messages_print(tmp_path, capsys):
+    sweep = tmp_path / os.fsdecode(b"sweep-\xff")
+    run = sweep / os.fsdecode(b"run-\xfe")
     train(_config(run, 100))
     assert main(["train", "--out", str(run), "--steps", "100", "--seed", "9", "--no-progress", *TINY_ARGS]) == 2
-    _one_line(capsys, "run-\\udcff", "holds a run with another configuration")
+    _one_line(capsys, "run-\\udcfe", "holds a run with another configuration")
+    assert main(["report", str(sweep), "--reps", "10"]) == 0
+    assert b"sweep-\xff" in (sweep / "report" / "report.md").read_bytes()
+
+
+def test_a_run_directory_deleted_mid_run_is_one_sentence_and_not_made_again(tmp_path):
+    from uld.train import files
+
+    run = tmp_path / "run"
+
+    def delete_before_the_second_row(op, path):
+        if op == "write" and path.name == "eval.csv" and path.stat().st_size > 60:
+            shutil.rmtree(run)
+
+    with files.fault_hook(delete_before_the_second_row), \
+            pytest.raises(UldError, match=r"could not write .*run/eval.csv \(No such file or directory\)"):
+        train(_config(run, 200, checkpoint_every=100))
+    assert not run.exists()
 
 
 def _user_module(tmp_path, monkeypatch, name: str, source: str) -> None:

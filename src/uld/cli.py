@@ -23,6 +23,11 @@ commands:
 """
 
 
+def _say(text: str, file=None) -> None:
+    """print, with a path that is not valid UTF-8 (Python keeps its bytes as surrogates) shown escaped."""
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=file)
+
+
 def _train(argv: list[str]) -> int:
     import torch
 
@@ -42,7 +47,7 @@ def _train(argv: list[str]) -> int:
     # mapped, so each step's large temporaries cost no page faults (train/allocator.py).
     run_dirs = train(config, explicit=explicit_options(argv, command_type(argv)), on_allocated=keep_freed_memory)
     for run_dir in run_dirs if isinstance(run_dirs, list) else [run_dirs]:
-        print(f"run finished: {run_dir}/eval.csv")
+        _say(f"run finished: {run_dir}/eval.csv")
     return 0
 
 
@@ -66,7 +71,7 @@ def _eval(argv: list[str]) -> int:
     returns = evaluate_run(config.run_dir, config.episodes, config.video)
     print(summary(returns))
     if config.video:
-        print(f"video: {config.video}")
+        _say(f"video: {config.video}")
     return 0
 
 
@@ -129,7 +134,7 @@ def _report(argv: list[str]) -> int:
         with locked_file(path, "the report"):
             files.write_atomically(path, ("# Design study\n\n" + table + "\n").encode())
         return 0
-    print(f"report: {write_report(config)}")
+    _say(f"report: {write_report(config)}")
     return 0
 
 
@@ -151,7 +156,7 @@ def _export(argv: list[str]) -> int:
     from uld.train.validation import parse_options
 
     config = parse_options(ExportConfig, argv, "uld export", description=ExportConfig.__doc__)
-    print(f"policy: {export_policy(config.run_dir, config.out, config.overwrite)}")
+    _say(f"policy: {export_policy(config.run_dir, config.out, config.overwrite)}")
     return 0
 
 
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(argv[1:])
     except UldError as error:
         # A path that is not valid UTF-8 (kept by Python as surrogates) is shown escaped, not as an encoding error.
-        print(f"uld: {error}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+        _say(f"uld: {error}", sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         print("uld: interrupted", file=sys.stderr)

@@ -317,7 +317,7 @@ def _write_agent_report(config: ReportConfig, sweep_dir: Path, out: Path, agent:
     if unfinished:
         lines += ["## Runs not finished", "", *(f"- {run}" for run in unfinished), ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), errors="surrogateescape")  # a folder name that is not UTF-8, as it is
     return path
 
 

@@ -141,7 +141,7 @@ class Checkpointer:
         earlier = [s for s in self.complete_steps() if s < step]
         kept = (f"the checkpoint of step {earlier[0]} is left as it was" if earlier else
                 "the run has no checkpoint yet, so the same command starts it over")
-        files.mkdir(self.directory)
+        files.mkdir(self.directory, parents=False)  # a run directory deleted mid-run is said, not made again
         for leftover in sorted(self.directory.iterdir()):  # from kills mid-save
             if not leftover.name.startswith("step-"):
                 continue

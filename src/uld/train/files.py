@@ -13,8 +13,9 @@ Three promises hold for all of them:
 
 The seam: every operation that changes the disk first calls `seam(op, path)`, with op one of
 "write" (bytes into a file), "fsync", "rename", "truncate", "unlink" and "mkdir". A test installs a
-hook with `fault_hook(hook)` that raises an OSError (a full or failing disk) or stops the process
-(a kill) at the k-th operation; tests/test_faults.py runs a real training run through every k.
+hook with `fault_hook(hook)` that raises an OSError at the k-th operation (a full or failing disk),
+copies the disk as a kill there leaves it, or blocks there until the test kills the process;
+tests/test_faults.py runs a real training run through every k.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ import errno
 import io
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from uld.errors import UldError
-
-OPERATIONS = ("write", "fsync", "rename", "truncate", "unlink", "mkdir")
-"""What the seam reports, in the order a replaced file meets them: write, fsync, rename, fsync (of the folder)."""
 
 Hook = Callable[[str, Path], None]
 _hook: Hook | None = None
@@ -166,14 +165,14 @@ def write_atomically(path: Path, data: bytes | None = None, writer: Callable[[An
         raise write_error(path, error, then) from None
 
 
-def mkdir(path: Path) -> None:
-    """Create a folder and its parents, as a UldError naming it when that fails."""
+def mkdir(path: Path, parents: bool = True) -> None:
+    """Create a folder (and its parents, with `parents`), as a UldError naming it when that fails."""
     path = Path(path)
     if path.is_dir():
         return
     try:
         seam("mkdir", path)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=parents, exist_ok=True)
     except OSError as error:
         raise write_error(path, error) from None
 
@@ -245,3 +244,10 @@ def check_run_directory(run_dir: Path) -> None:
             found = "folder" if path.is_dir() else "file"
             raise UldError(f"{path} is a {found}, where uld keeps a {kind}; nothing was changed: move it out of the "
                            "run directory (or restore the one uld wrote) and run the same command again")
+        if kind == "folder" and path.is_dir():  # a read-only folder is found now, not after the steps are trained
+            try:
+                with tempfile.TemporaryFile(dir=path):
+                    pass
+            except OSError as error:
+                raise UldError(f"{path} cannot be written ({describe_error(error)}); nothing was changed: "
+                               f"{_advice(error)} and run the same command again") from None

@@ -87,8 +87,8 @@ def locked(folder: str | Path, what: str) -> Iterator[None]:
     finally:
         if inherited is None:
             os.close(fd)  # releases the lock
-            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # the folder may be gone (deleted while the command ran)
+                if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
                     path.unlink()
                     for made in created:  # innermost first; one that is not empty stops it
                         made.rmdir()

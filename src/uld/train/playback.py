@@ -53,7 +53,9 @@ class TrainedAgent:
             raise UldError(f"act takes an observation of numbers, got an array of {values.dtype}; pass the "
                            f"env's observation as it is (a numpy array of shape {shape})")
         # As the policy sees it: a float64 value beyond float32's range is infinite there.
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values.astype(np.float32))):
+        with np.errstate(over="ignore"):  # an overflow is what this looks for, not a warning
+            finite = values.dtype.kind != "f" or bool(np.all(np.isfinite(values.astype(np.float32))))
+        if not finite:
             raise UldError("act takes a finite observation (within float32's range), got one with NaN, infinite "
                            "or overflowing values; check the env or the code that builds the observation")
         action = self.agent.act(obs, explore=False)
