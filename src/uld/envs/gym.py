@@ -142,7 +142,7 @@ def make_gym_env(env_id: str, seed: int) -> Env:
     import gymnasium
 
     import uld.envs.truncated  # noqa: F401
-    from uld.envs.python import import_user_module
+    from uld.envs.user_code import import_user_module
 
     module, _, registered_id = env_id.rpartition(":")
     if module:

@@ -8,15 +8,14 @@ uld's conventions (actions in [-1, 1] or indices, float32 observations).
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from uld.envs.base import Env
 from uld.envs.protocol import DEFAULT_PROTOCOL
 from uld.envs.registry import Domain, register_domain
+from uld.envs.user_code import import_user_module, where
 from uld.errors import UldError
 
 EnvFactory = Callable[..., Any]
@@ -26,32 +25,6 @@ EnvFactory = Callable[..., Any]
 def factory_name(factory: EnvFactory) -> str:
     """The uld env name of a factory: ``python:<module>:<qualified name>``."""
     return f"python:{factory.__module__}:{factory.__qualname__}"
-
-
-def _where(error: BaseException) -> str:
-    """The file and line where user code raised `error` (its innermost frame)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if isinstance(error, SyntaxError) and error.filename:
-        return f" at {error.filename}:{error.lineno}"
-    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-
-
-def import_user_module(module_name: str, named_by: str) -> Any:
-    """Import a user's module named by an env name; ImportError is left to the caller (a missing module).
-
-    A module that fails in any other way (a syntax error, an exception, `sys.exit`) is one UldError saying
-    where, and nothing of the run has been written yet.
-    """
-    try:
-        return importlib.import_module(module_name)
-    except ImportError:
-        raise
-    except SystemExit as exit_:
-        raise UldError(f"{named_by} names the module {module_name}, which called sys.exit({exit_.code!r}) while being "
-                       "imported; guard the script part of the module with if __name__ == '__main__':") from None
-    except Exception as error:  # noqa: BLE001 - whatever user code raises is reported alike
-        raise UldError(f"{named_by} names the module {module_name}, which failed while being imported "
-                       f"({type(error).__name__}: {error}{_where(error)}); fix the module") from None
 
 
 def env_from_factory(factory: EnvFactory, seed: int, evaluation: bool, name: str | None = None) -> Env:
@@ -73,7 +46,7 @@ def env_from_factory(factory: EnvFactory, seed: int, evaluation: bool, name: str
                        "env") from None
     except Exception as error:  # noqa: BLE001 - whatever user code raises is reported alike
         raise UldError(f"the env factory {factory_name(factory)} raised {type(error).__name__}: {error}"
-                       f"{_where(error)}; fix the factory") from None
+                       f"{where(error)}; fix the factory") from None
     if hasattr(env, "spec") and hasattr(env, "sample_action"):  # a uld Env already
         return env
     import gymnasium
