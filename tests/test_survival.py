@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from uld.agents.uld.config import reduced_config
+from uld.analysis.sweep import finished_step, run_finished
 from uld.cli import main
 from uld.errors import UldError
 from uld.train.checkpoint import Checkpointer, check_run_state
@@ -349,10 +350,13 @@ def test_a_stop_during_the_last_evaluation_says_the_evaluation_is_left_to_do(tmp
     _signal_during_evaluation(monkeypatch, at_step_of_training=300)
     with pytest.raises(UldError, match="interrupted during the evaluation at step 300.*to evaluate"):
         train(_config(run, 300))
+    # A sweep starts this run again: its last checkpoint is at the final step, its evaluation is not done.
+    assert finished_step(run) == 300 and not run_finished(run, 300)
     monkeypatch.undo()
     train(_config(run, 300))
     assert "already finished" not in capsys.readouterr().err  # the last evaluation was still to do
     assert _returns(run) == _returns(straight)
+    assert run_finished(run, 300) and run_finished(straight, 300) and not run_finished(run, 400)
     train(_config(run, 300))
     assert "already finished 300 steps" in capsys.readouterr().err
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from uld.analysis.sweep import finished_step, parse_seeds
+from uld.analysis.sweep import finished_step, parse_seeds, run_finished
 from uld.errors import UldError
 from uld.train.logger import read_eval_csv
 
@@ -66,7 +66,7 @@ def _wait_until_training(out: Path, process: subprocess.Popen) -> None:
 
 def _assert_complete_and_equal(out: Path, straight: Path) -> None:
     for run in RUNS:
-        assert finished_step(out / run) == 60, run
+        assert finished_step(out / run) == 60 and run_finished(out / run, 60), run
         assert _returns(out / run) == _returns(straight / run), run
 
 

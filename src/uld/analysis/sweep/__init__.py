@@ -18,12 +18,13 @@ from pathlib import Path
 
 from uld.analysis.sweep.local import run_locally
 from uld.analysis.sweep.on_ray import run_on_ray, check_ray_address
-from uld.analysis.sweep.plan import Run, SweepConfig, finished_step, group_runs, parse_seeds, plan_runs, write_manifest
+from uld.analysis.sweep.plan import (Run, SweepConfig, finished_step, group_runs, parse_seeds, plan_runs,
+                                     run_finished, write_manifest)
 from uld.analysis.sweep.process import SweepInterrupted, last_line
 from uld.errors import UldError
 
 __all__ = ["Run", "SweepConfig", "SweepInterrupted", "check_ray_address", "finished_step", "group_runs",
-           "parse_seeds", "run_sweep"]
+           "parse_seeds", "run_finished", "run_sweep"]
 
 
 def _raise_on_sigterm(signum, frame):  # noqa: ARG001
@@ -71,7 +72,7 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
     sweep_dir = Path(config.out or Path("runs") / "sweeps" / f"{config.agent}-{config.suite or 'custom'}").absolute()
     runs = plan_runs(config, train_args, sweep_dir)
     write_manifest(config, train_args, sweep_dir, runs)
-    todo = [run for run in runs if finished_step(run.run_dir) < run.steps]
+    todo = [run for run in runs if not run_finished(run.run_dir, run.steps)]
     print(f"sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished already", flush=True)
     todo = group_runs(todo, config.seeds_per_process)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)

@@ -94,7 +94,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return all(finished_step(run_dir) >= self.steps for run_dir in self.run_dirs)
+        return all(run_finished(run_dir, self.steps) for run_dir in self.run_dirs)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -219,3 +219,25 @@ def finished_step(run_dir: str | Path) -> int:
     from uld.train.checkpoint import Checkpointer
 
     return Checkpointer(Path(run_dir, "checkpoints")).verified_step()
+
+
+def run_finished(run_dir: str | Path, steps: int) -> bool:
+    """Whether `uld train` finds nothing left to do in a run of `steps` steps: its newest verified checkpoint
+    stands at `steps` or later and eval.csv holds the evaluation of that step.
+
+    A stop request that arrives during a run's last evaluation abandons it and checkpoints the final step
+    with the evaluation still due (train/trainer.py); that run is not finished, because running it again
+    evaluates. eval.csv tells the two apart without loading the checkpoint: a resumed run drops the rows
+    written after its checkpoint, so the checkpoint's step has a row exactly when its evaluation was done.
+    A missing or unreadable eval.csv counts as not finished, leaving `uld train` to say what it finds.
+    """
+    from uld.train.logger import read_eval_csv
+
+    step = finished_step(run_dir)
+    if step < steps:
+        return False
+    try:
+        rows = read_eval_csv(Path(run_dir, "eval.csv"))
+    except (OSError, UldError):
+        return False
+    return any(row["step"] == step for row in rows)
