@@ -198,7 +198,9 @@ def _train_locked(config: TrainConfig, configs: list[TrainConfig],
         if states is not None:
             try:
                 trainer.load_state_dicts(states)
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, UldError) as error:
+            except UldError:
+                raise  # already one sentence with its own way out (the replay's format, eval.csv's offset)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
                 where = ", ".join(str(d.checkpointer.directory) for d in dirs)
                 raise UldError(f"the checkpoint of step {start_step} in {where} does not fit this run ({error}); "
                                "pass another with --trust-checkpoint, or --restart to start the run over") from None

@@ -58,12 +58,18 @@ def _ray_train(run: Run, threads: int) -> str:
     raise RunCrashed(f"{run.label} exited with {code}: {last_line(run)}")
 
 
-def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
-    """Run as Ray tasks on a cluster; the runs that failed."""
+def import_ray():
+    """The ray module, or UldError saying which extra to install."""
     try:
         import ray
     except ImportError as error:
         raise UldError('--ray needs Ray, which is not installed; pip install "uld[sweep]"') from error
+    return ray
+
+
+def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
+    """Run as Ray tasks on a cluster; the runs that failed."""
+    ray = import_ray()
     import logging
 
     local = config.ray == "local"
