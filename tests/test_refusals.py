@@ -173,6 +173,11 @@ def _edit_config(run: Path, **values) -> None:
     (run / "config.json").write_text(json.dumps(data))
 
 
+def _replace_checkpoints(run: Path, make) -> None:
+    shutil.rmtree(run / "checkpoints")
+    make(run / "checkpoints")
+
+
 def _junk_checkpoint(run: Path) -> None:
     (run / "checkpoints" / "step-0000000009.pt").write_bytes(b"junk")
 
@@ -197,6 +202,11 @@ def _results(path: str) -> bool:
      ["step-0000000007.pt is not a file; pass one of the run's checkpoints/step-*.pt"], _everything),
     (_junk_checkpoint, [*RESUME, "--trust-checkpoint", "{run}/checkpoints/step-0000000009.pt"],
      ["step-0000000009.pt cannot be read as a uld checkpoint (", "; pass another checkpoint, or --restart"], _everything),
+    (lambda run: _replace_checkpoints(run, lambda path: path.symlink_to(run.parent / "unmounted")), ["eval", "{run}"],
+     ["checkpoints is a symlink to ", "unmounted, which does not exist; mount or restore its target, or replace"],
+     _everything),
+    (lambda run: _replace_checkpoints(run, lambda path: path.write_text("x")), ["eval", "{run}"],
+     ["checkpoints is a file, not a directory of checkpoints; move it away and run again"], _everything),
     (lambda run: (run / "config.json").write_text("[]"), ["eval", "{run}"],
      ["config.json holds a list, not a run's options; restore the file uld train wrote"], _everything),
     (lambda run: _edit_config(run, agent="nosuch"), ["eval", "{run}"],
@@ -212,7 +222,7 @@ def _results(path: str) -> bool:
     (lambda run: _rewrite_checkpoint(run, lambda state: state["logger"].update(eval_csv_bytes=3)), RESUME,
      ["the checkpoint's eval.csv offset 3 is not past eval.csv's header; pass another checkpoint with "
       "--trust-checkpoint, or --restart to start the run over"], _results),
-], ids=["video-is-a-folder", "trust-missing", "trust-junk", "config-a-list", "unknown-agent", "config-not-the-checkpoint", "resume-not-the-checkpoint", "numpy-replay", "offset-in-header"])
+], ids=["video-is-a-folder", "trust-missing", "trust-junk", "checkpoints-dangling", "checkpoints-a-file", "config-a-list", "unknown-agent", "config-not-the-checkpoint", "resume-not-the-checkpoint", "numpy-replay", "offset-in-header"])
 def test_a_run_that_cannot_be_used_is_refused_in_one_sentence_and_left_as_it_was(finished, tmp_path, capsys,
                                                                                  damage, argv, fragments, untouched):
     run = Path(shutil.copytree(finished, tmp_path / "run", symlinks=True))
