@@ -252,3 +252,14 @@ def test_report_with_a_reference_folder_of_no_curves_is_refused_before_writing(f
     _refused(capsys, ["report", str(sweep), "--reference", str(tmp_path / "reference"), "--reps", "10"],
              "reference holds no curves in the env,step,seed,return format; pass e.g. shared/reference/mrq")
     assert _snapshot(tmp_path) == before
+
+
+def test_an_env_factory_that_cannot_be_sent_to_a_worker_is_refused_before_writing(tmp_path):
+    """A lambda cannot be pickled for an env worker: the sentence says to name the env or train in process."""
+    with pytest.raises(uld.UldError) as error:
+        uld.train(TrainConfig(env=lambda seed, evaluation: gymnasium.make("Pendulum-v1"), env_workers=1,
+                              steps=2, small=True, progress=False, out=str(tmp_path / "run")))
+    message = str(error.value)
+    assert "(seed 0) cannot be sent to an env worker (" in message, message
+    assert message.endswith("; name the env (e.g. python:<module>:<function>), or pass --env-workers 0"), message
+    assert "\n" not in message and list(tmp_path.iterdir()) == []
