@@ -156,9 +156,9 @@ def finished(tmp_path_factory) -> Path:
                                  progress=False, out=str(tmp_path_factory.mktemp("finished") / "run")))
 
 
-def _rewrite_checkpoint(run: Path, edit) -> None:
-    """Edit the run's checkpoint of step 2 and give it a checksum that verifies, as a crafted file would have."""
-    path = run / "checkpoints" / "step-0000000002.pt"
+def _rewrite_checkpoint(run: Path, edit, name: str = "step-0000000002.pt") -> None:
+    """Edit a checkpoint of the run and give it a checksum that verifies, as a crafted file would have."""
+    path = run / "checkpoints" / name
     state = torch.load(path, weights_only=True)
     edit(state)
     torch.save(state, path)
@@ -263,3 +263,52 @@ def test_an_env_factory_that_cannot_be_sent_to_a_worker_is_refused_before_writin
     assert "(seed 0) cannot be sent to an env worker (" in message, message
     assert message.endswith("; name the env (e.g. python:<module>:<function>), or pass --env-workers 0"), message
     assert "\n" not in message and list(tmp_path.iterdir()) == []
+
+
+# ---- refusals about the seeds of a many-seed run -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory) -> Path:
+    """The smallest finished run of seeds 0 and 1 in one process, each checkpointed at step 2."""
+    out = tmp_path_factory.mktemp("two_seeds") / "run"
+    uld.train(TrainConfig(env="gym:Pendulum-v1", seeds="0,1", small=True, steps=2, eval_every=2, eval_episodes=1,
+                          progress=False, out=str(out)))
+    return out
+
+
+def _seed1_checksum_lost(run: Path) -> None:
+    (run / "seed1" / "checkpoints" / "step-0000000002.sha256").write_text("")
+
+
+def _seed1_went_on_to_step_4(run: Path) -> None:
+    """Seed 1 holds only a checkpoint of step 4 (as after a run of its own): no step common to both seeds."""
+    old = run / "seed1" / "checkpoints" / "step-0000000002.pt"
+    new = old.with_name("step-0000000004.pt")
+    old.rename(new)
+    old.with_suffix(".sha256").unlink()
+    _rewrite_checkpoint(run / "seed1", lambda state: state["trainer"].update(step=4), new.name)
+
+
+SEEDS = ["train", "--env", "gym:Pendulum-v1", "--seeds", "0,1", "--small", "--steps", "4", "--eval-every", "2",
+         "--eval-episodes", "1", "--no-progress", "--out", "{run}"]
+TRUST_SEED0 = ["--trust-checkpoint", "{run}/seed0/checkpoints/step-0000000002.pt"]
+
+
+@pytest.mark.parametrize("damage, argv, fragments", [
+    (_seed1_checksum_lost, [*SEEDS, *TRUST_SEED0],
+     ["seed 1's run ", "has no checkpoint of step 2 that verifies, so it cannot continue with seed 0 from step 2; "
+      "nothing was changed: pass that seed's own with --trust-checkpoint, or --restart"]),
+    (lambda run: _rewrite_checkpoint(run / "seed1", lambda state: state["logger"].update(eval_csv_bytes=-5)),
+     [*SEEDS, *TRUST_SEED0],
+     ["seed1/checkpoints is not a run's state (its eval.csv offset is -5", "; pass another with --trust-checkpoint"]),
+    (_seed1_went_on_to_step_4, SEEDS,
+     ["the seeds have no verifying checkpoint at one common step (seed 0: 2, seed 1: 4), so they cannot continue "
+      "together; finish each seed on its own with --seed K"]),
+], ids=["other-seed-unverified", "other-seed-not-a-state", "no-common-step"])
+def test_seeds_that_cannot_continue_together_are_refused_and_left_as_they_were(two_seeds, tmp_path, capsys, damage,
+                                                                               argv, fragments):
+    run = Path(shutil.copytree(two_seeds, tmp_path / "run", symlinks=True))
+    damage(run)
+    before = _snapshot(tmp_path)
+    _refused(capsys, [arg.format(run=run) for arg in argv], *fragments)
+    assert _snapshot(tmp_path) == before
