@@ -147,6 +147,15 @@ def test_a_missing_optional_package_is_named_with_its_extra_and_nothing_is_writt
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_on_ray_auto_without_a_cluster_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """Ray's own error goes on with a second sentence of advice; the refusal keeps its first. The sweep's
+    manifest is written before Ray is asked (so the same command continues it): only sweep.json is there."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _refused(capsys, ["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--ray", "auto", "--out", str(tmp_path)],
+             "cannot reach the Ray cluster at 'auto' (", "); start one with ray start --head, or pass --ray local")
+    assert [path.name for path in tmp_path.iterdir()] == ["sweep.json"]
+
+
 # ---- refusals about a run directory --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
