@@ -147,15 +147,6 @@ def test_a_missing_optional_package_is_named_with_its_extra_and_nothing_is_writt
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_sweep_on_ray_auto_without_a_cluster_is_one_sentence(tmp_path, capsys, monkeypatch):
-    """Ray's own error goes on with a second sentence of advice; the refusal keeps its first. The sweep's
-    manifest is written before Ray is asked (so the same command continues it): only sweep.json is there."""
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    _refused(capsys, ["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--ray", "auto", "--out", str(tmp_path)],
-             "cannot reach the Ray cluster at 'auto' (", "); start one with ray start --head, or pass --ray local")
-    assert [path.name for path in tmp_path.iterdir()] == ["sweep.json"]
-
-
 # ---- refusals about a run directory --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -320,4 +311,20 @@ def test_seeds_that_cannot_continue_together_are_refused_and_left_as_they_were(t
     damage(run)
     before = _snapshot(tmp_path)
     _refused(capsys, [arg.format(run=run) for arg in argv], *fragments)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_sweep_continued_with_other_options_is_refused_naming_them(finished, tmp_path, capsys):
+    """A sweep whose one run has finished already: the first command records it and trains nothing, the
+    second one, with another hyperparameter for uld train, is refused before anything runs."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished, sweep / "gym_Pendulum-v1" / "seed0", symlinks=True)
+    argv = ["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--steps", "2", "--eval-every", "2",
+            "--eval-episodes", "1", "--out", str(sweep), "--small"]
+    assert main(argv) == 0
+    assert "1 runs, 1 finished already" in capsys.readouterr().out
+    before = _snapshot(tmp_path)
+    _refused(capsys, [*argv, "--uld.discount", "0.5"],
+             "sweep holds a sweep made with other options: train_args (sweep: ['--small'], this command: ['--small', "
+             "'--uld.discount', '0.5']); use another --out, or the sweep's own options to continue it")
     assert _snapshot(tmp_path) == before
