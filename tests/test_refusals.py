@@ -328,3 +328,22 @@ def test_a_sweep_continued_with_other_options_is_refused_naming_them(finished, t
              "sweep holds a sweep made with other options: train_args (sweep: ['--small'], this command: ['--small', "
              "'--uld.discount', '0.5']); use another --out, or the sweep's own options to continue it")
     assert _snapshot(tmp_path) == before
+
+
+def test_wandb_online_without_a_login_is_one_sentence(tmp_path):
+    """W&B's own error goes on with a second sentence; the refusal keeps its first. In a fresh interpreter
+    with its own HOME, so that no login of this machine's user is found and W&B's state stays out of the tests'
+    process."""
+    import os
+    import subprocess
+
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    environ.update(HOME=str(tmp_path / "home"), WANDB_MODE="online", OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(Path(uld.__file__).parents[1]), environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--small", "--steps",
+                             "2", "--wandb", "--no-progress", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=environ, timeout=120)
+    err = result.stderr
+    assert result.returncode == 2 and err.startswith("uld: W&B could not start (") and err.count("\n") == 1, err
+    assert "Traceback" not in err and not re.search(r"[.!?] [A-Z]", err), err
+    assert err.endswith("; run `wandb login`, or set WANDB_MODE=offline to keep the W&B run on this machine\n"), err
