@@ -13,7 +13,7 @@ import torch
 
 from uld.agents import build_agent
 from uld.envs import make_env
-from uld.errors import UldError
+from uld.errors import UldError, first_detail
 from uld.train import files
 from uld.train.checkpoint import Checkpointer
 from uld.train.lock import locked_file
@@ -88,7 +88,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedAgen
         agent.load_state_dict(state["agent"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UldError(f"the checkpoint of step {step} in {run_dir} does not fit the agent its config.json "
-                       f"describes ({error}); the two belong to different runs") from None
+                       f"describes ({first_detail(error)}); the two belong to different runs") from None
     return TrainedAgent(agent=agent, config=config, step=step, obs_shape=env.spec.obs_shape)
 
 

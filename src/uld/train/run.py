@@ -20,7 +20,7 @@ import torch
 from uld.agents import build_agent
 from uld.agents.registry import AgentSpec, BuildContext, get_agent
 from uld.envs.base import EnvSpec
-from uld.errors import UldError
+from uld.errors import UldError, first_detail
 from uld.train import files
 from uld.train.checkpoint import Checkpointer, check_run_state, write_atomically
 from uld.train.config import (
@@ -198,10 +198,13 @@ def _train_locked(config: TrainConfig, configs: list[TrainConfig],
         if states is not None:
             try:
                 trainer.load_state_dicts(states)
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, UldError) as error:
+            except UldError:
+                raise  # already one sentence with its own way out (the replay's format, eval.csv's offset)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
                 where = ", ".join(str(d.checkpointer.directory) for d in dirs)
-                raise UldError(f"the checkpoint of step {start_step} in {where} does not fit this run ({error}); "
-                               "pass another with --trust-checkpoint, or --restart to start the run over") from None
+                raise UldError(f"the checkpoint of step {start_step} in {where} does not fit this run "
+                               f"({first_detail(error)}); pass another with --trust-checkpoint, or --restart to start "
+                               "the run over") from None
             del states
         if on_allocated is not None:
             on_allocated()

@@ -14,7 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
-from uld.errors import UldError
+from uld.errors import UldError, first_detail
 from uld.train import files
 
 ID_FILE = "wandb_id"
@@ -42,8 +42,8 @@ class WandbSink:
                                   dir=directory, settings=wandb.Settings(console="off", quiet=True),
                                   reinit="create_new" if concurrent else "default")
         except wandb.Error as error:
-            raise UldError(f"W&B could not start ({error}); run `wandb login`, or set WANDB_MODE=offline to "
-                           "keep the W&B run on this machine") from error
+            raise UldError(f"W&B could not start ({first_detail(error)}); run `wandb login`, or set "
+                           "WANDB_MODE=offline to keep the W&B run on this machine") from error
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC)
 

@@ -58,12 +58,18 @@ def _ray_train(run: Run, threads: int) -> str:
     raise RunCrashed(f"{run.label} exited with {code}: {last_line(run)}")
 
 
-def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
-    """Run as Ray tasks on a cluster; the runs that failed."""
+def import_ray():
+    """The ray module, or UldError saying which extra to install."""
     try:
         import ray
     except ImportError as error:
         raise UldError('--ray needs Ray, which is not installed; pip install "uld[sweep]"') from error
+    return ray
+
+
+def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
+    """Run as Ray tasks on a cluster; the runs that failed."""
+    ray = import_ray()
     import logging
 
     local = config.ray == "local"
@@ -71,7 +77,9 @@ def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
         ray.init(address=None if local else config.ray, include_dashboard=False if local else None,
                  logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError) as error:
-        raise UldError(f"cannot reach the Ray cluster at {config.ray!r} ({str(error).strip().splitlines()[-1]}); "
+        # Ray's own text goes on with advice of its own ("Please specify ... --address"): its first sentence only.
+        cause = str(error).strip().splitlines()[-1].split(". ")[0].rstrip(".")
+        raise UldError(f"cannot reach the Ray cluster at {config.ray!r} ({cause}); "
                        "start one with ray start --head, or pass --ray local to start one here") from error
     task = ray.remote(_ray_train)
     options = dict(num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run, max_retries=config.max_retries,
