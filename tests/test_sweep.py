@@ -125,11 +125,70 @@ def test_interrupted_sweep_resumes_to_the_same_results(straight, tmp_path):
     _assert_complete_and_equal(out, straight)
 
 
-def test_ray_sweep_on_a_local_instance_interrupted_and_resumed(straight, tmp_path):
-    """--ray local starts a Ray instance here; SIGINT cancels its tasks, which stop their runs at a checkpoint."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """A Ray cluster on this machine, started as a user starts one (`ray start --head --block`), in a session of
+    its own, so that killing its process group kills exactly this cluster (head, raylet, GCS)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log, self.process, self.port, self.temp_dir = log, None, 0, ""
+
+    @property
+    def address(self) -> str:
+        """The cluster's address, started first when it is not running (test_sweep_survives_its_ray_cluster_being_
+        killed kills it; a test that runs after that one gets a new cluster)."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        return f"127.0.0.1:{self.port}"
+
+    def _start(self) -> None:
+        self.close()
+        self.port = _free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                 "--ray-client-server-port", str(_free_port()), "--num-cpus", "2", "--include-dashboard", "false",
+                 "--disable-usage-stats", "--temp-dir", self.temp_dir],
+                stdout=log, stderr=subprocess.STDOUT, env=_environment(RAY_AUTH_MODE="disabled"), start_new_session=True)
+        while "Ray runtime started" not in self.log.read_text():
+            assert self.process.poll() is None, self.log.read_text()
+            time.sleep(0.1)  # a poll of the log, not a wait for time to pass
+
+    def kill(self) -> None:
+        """SIGKILL to the whole cluster."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """One Ray cluster for this module's Ray sweeps (starting one costs seconds of the suite's time)."""
     pytest.importorskip("ray")
+    if shutil.which("ray") is None:
+        pytest.skip("the ray command is not on PATH")
+    head = RayHead(tmp_path_factory.mktemp("ray") / "ray-head.log")
+    yield head
+    head.close()
+
+
+def test_ray_sweep_interrupted_and_resumed_on_a_local_instance(straight, ray_head, tmp_path):
+    """A sweep of Ray tasks on a cluster: SIGINT cancels its tasks, which stop their runs at a checkpoint. The
+    same command with --ray local (a Ray instance started in the sweep's process) finishes every run with the
+    uninterrupted sweep's results."""
     out = tmp_path / "sweep"
-    process = _start(out, "--ray", "local", RAY_AUTH_MODE="disabled")
+    process = _start(out, "--ray", ray_head.address, RAY_AUTH_MODE="disabled")
     _wait_until_training(out, process)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=180)[0]
@@ -142,52 +201,22 @@ def test_ray_sweep_on_a_local_instance_interrupted_and_resumed(straight, tmp_pat
     _assert_complete_and_equal(out, straight)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_sweep_survives_its_ray_cluster_being_killed(straight, tmp_path):
+def test_sweep_survives_its_ray_cluster_being_killed(straight, ray_head, tmp_path):
     """The cluster (head, raylet, GCS) dies mid-sweep; running the sweep again here finishes every run."""
-    pytest.importorskip("ray")
-    if shutil.which("ray") is None:
-        pytest.skip("the ray command is not on PATH")
-    port = _free_port()
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head_log = open(tmp_path / "ray-head.log", "w")
-    # --block keeps the cluster's processes in this new session, so killing its group kills exactly this cluster.
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--ray-client-server-port", str(_free_port()), "--num-cpus", "2", "--include-dashboard",
-                             "false", "--disable-usage-stats", "--temp-dir", ray_dir],
-                            stdout=head_log, stderr=subprocess.STDOUT, env=_environment(RAY_AUTH_MODE="disabled"),
-                            start_new_session=True)
     out = tmp_path / "sweep"
+    # The driver gives up 5 s after losing the cluster instead of Ray's default 60 s.
+    driver = _start(out, "--ray", ray_head.address, RAY_AUTH_MODE="disabled", RAY_gcs_rpc_server_reconnect_timeout_s="5")
+    _wait_until_training(out, driver)
+    ray_head.kill()
     try:
-        while "Ray runtime started" not in (tmp_path / "ray-head.log").read_text():
-            assert head.poll() is None, (tmp_path / "ray-head.log").read_text()
-            time.sleep(0.1)  # a poll of the log, not a wait for time to pass
-        # The driver gives up 5 s after losing the cluster instead of Ray's default 60 s.
-        driver = _start(out, "--ray", f"127.0.0.1:{port}", RAY_AUTH_MODE="disabled",
-                        RAY_gcs_rpc_server_reconnect_timeout_s="5")
-        _wait_until_training(out, driver)
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        try:
-            output = driver.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            driver.kill()
-            pytest.fail("the sweep driver did not exit within 120 s of losing its cluster (it gives up after 5 s):\n"
-                        + driver.communicate()[0][-3000:])
-        # It stops with one sentence and a non-zero status, and says how to continue.
-        assert driver.returncode not in (0, None), output
-        assert "Traceback" not in output, output
-    finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        head_log.close()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        output = driver.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        pytest.fail("the sweep driver did not exit within 120 s of losing its cluster (it gives up after 5 s):\n"
+                    + driver.communicate()[0][-3000:])
+    # It stops with one sentence and a non-zero status, and says how to continue.
+    assert driver.returncode not in (0, None), output
+    assert "Traceback" not in output, output
     finished = {run: (out / run / "eval.csv").stat().st_mtime_ns for run in RUNS if finished_step(out / run) == 60}
 
     result = _sweep(out)  # on this machine, without Ray
