@@ -166,13 +166,15 @@ BANDIT_UPDATES = 100
 BANDIT_SEEDS = (0, 1, 2)
 BANDIT_EVAL_PER_CONTEXT = 50
 LEARN = dict(batch_size=128, enc_horizon=1, q_horizon=1, encoder_hidden_dim=None, value_lr=1e-2, encoder_lr=1e-4,
-             policy_lr=1e-3, lr=3e-3, tau=0.05)
+             policy_lr=1e-3, lr=1e-2, tau=0.05)
 """Fields set (over SHRINK), where an agent's config has them, so that 100 updates decide.
 
 Every transition terminates, so the unrolls of ULD and DR.Q (enc_horizon, q_horizon) are masked after
-their first step: a horizon of 1 gives the same losses at a fifth of the cost. ULD's value learns
-fast on a slowly moving encoder; ALM's target encoder (tau) follows its online one within the run,
-since its critic, reward model and actor read the target's latents."""
+their first step: a horizon of 1 gives the same losses at a fraction of the cost. ULD's value learns
+fast on a slowly moving encoder (value_lr, encoder_lr). ALM's critic, reward model and actor read the
+target encoder's latents, which at tau 0.005 would stay the untrained encoder's noisy ones for the
+whole run; at 0.05 they follow the online encoder, whose latents become informative as its model
+loss trains it (lr, ALM's and the toy agent's single learning rate)."""
 
 
 def _bandit(kind: str, seed: int):
