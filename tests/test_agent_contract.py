@@ -249,8 +249,9 @@ def _vector_cases() -> list:
 @pytest.mark.parametrize(("name", "kind"), _vector_cases())
 def test_agent_learns_the_action_each_observation_asks_for(name: str, kind: str) -> None:
     """After 100 updates on a replay of random actions, the greedy policy closes at least half of the gap
-    between the best policy that ignores the observation and the optimum, and half of the gap above
-    its own untrained score: the median over three seeds (each seed its own task, weights and replay).
+    between the best policy that ignores the observation and the optimum, and at least half of what
+    its untrained self left to the optimum: the median over three seeds (each seed its own task,
+    weights and replay).
 
     The held-out set holds every context equally often, so no policy that ignores the observation
     scores above the baseline there: exactly 1/3 (discrete: one action is right in 2 of 6 contexts),
@@ -259,13 +260,14 @@ def test_agent_learns_the_action_each_observation_asks_for(name: str, kind: str)
     to corners (or actions) that nobody trained closes half of the gap when it is right on 7 of the 8
     context-coordinates (probability 9/256 for coin flips) or on 4 of 6 contexts (0.10), so that
     two of three seeds do it by chance with probability 0.004 or 0.03; and an agent whose update does
-    not move its policy fails the second half, whatever its initial score.
+    not move its policy toward the reward fails the second half, whatever its initial score.
     """
     spec = KINDS[kind]
     baseline, optimum = (1 / 3, 1.0) if spec.discrete else (-1.0, 0.0)
     scores = [_bandit_scores(name, kind, seed) for seed in BANDIT_SEEDS]
-    closed = [(after - baseline) / (optimum - baseline) for _, after in scores]
-    gained = [(after - before) / (optimum - baseline) for before, after in scores]
     detail = ", ".join(f"seed {seed}: {before:.3f} -> {after:.3f}" for seed, (before, after) in zip(BANDIT_SEEDS, scores))
-    assert statistics.median(closed) >= 0.5, f"{name} on {kind}: scores {detail}, baseline {baseline:.3f}"
-    assert statistics.median(gained) >= 0.5, f"{name} on {kind}: scores {detail}"
+    closed = statistics.median((after - baseline) / (optimum - baseline) for _, after in scores)
+    assert closed >= 0.5, f"{name} on {kind}: scores {detail}; baseline {baseline:.3f}, optimum {optimum}"
+    # after - before >= (optimum - before) / 2, without dividing by a gap that an untrained policy may close
+    margin = statistics.median(after - before - (optimum - before) / 2 for before, after in scores)
+    assert margin >= 0, f"{name} on {kind}: scores {detail}; optimum {optimum}"
