@@ -161,7 +161,7 @@ def test_agent_updates_round_trip_its_state_and_resume_exactly(name: str, kind: 
 
 BANDIT_OBS_DIM = 5
 BANDIT_TRANSITIONS = 300
-"""Transitions of uniformly random actions in the replay before training (75 per context, 50 per discrete one)."""
+"""Transitions of uniformly random actions in the replay before training (about 75 per context, 50 if discrete)."""
 BANDIT_UPDATES = 100
 BANDIT_SEEDS = (0, 1, 2)
 BANDIT_EVAL_PER_CONTEXT = 50
@@ -208,7 +208,8 @@ def _bandit(kind: str, seed: int):
 
 
 def _bandit_scores(name: str, kind: str, seed: int) -> tuple[float, float]:
-    """The deterministic policy's mean reward on held-out observations, before and after training."""
+    """The greedy policy's mean reward on held-out observations, before and after training (ALM's greedy
+    policy still samples its latent from the encoder)."""
     spec, contexts, observe, reward = _bandit(kind, seed)
     config = _config(name)
     names = {f.name for f in dataclasses.fields(config)}
