@@ -79,7 +79,14 @@ class ToyReplay:
 
 
 class ToyAgent:
-    """tanh(W obs + b), regressed onto the actions of the sampled transitions with above-median reward."""
+    """tanh(W obs + b), regressed onto the actions of the sampled transitions in the batch's top tenth by reward.
+
+    The fixed point is the mean of the best actions tried near each observation. On the one-step task of
+    test_agent_contract.py (uniform actions on [-1, 1]^2, r = -mean((a - corner)^2)) the above-median half
+    is a quarter disc of area 2 at the corner, whose centroid lies 0.68 from it along each axis: that
+    closes at most half of the gap to the best action, where the contract asks for half. The top tenth,
+    a quarter disc of radius 0.71, has its centroid 0.30 from the corner and closes about 90%.
+    """
 
     def __init__(self, spec: EnvSpec, config: ToyConfig) -> None:
         self.spec = spec
@@ -96,7 +103,7 @@ class ToyAgent:
 
     def update(self, replay: ToyReplay) -> dict[str, torch.Tensor]:
         obs, action, reward = replay.sample()
-        better = (reward >= reward.median()).float()
+        better = (reward >= reward.quantile(0.9)).float()
         loss = (better[:, None] * (torch.tanh(self.policy(obs)) - action) ** 2).mean()
         self.optimizer.zero_grad()
         loss.backward()
