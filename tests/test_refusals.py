@@ -210,7 +210,7 @@ def _results(path: str) -> bool:
     (lambda run: (run / "config.json").write_text("[]"), ["eval", "{run}"],
      ["config.json holds a list, not a run's options; restore the file uld train wrote"], _everything),
     (lambda run: _edit_config(run, agent="nosuch"), ["eval", "{run}"],
-     ["config.json names the agent 'nosuch', which this uld does not have (its agents: uld, drq, alm); restore"],
+     ["config.json names the agent 'nosuch', which this uld does not have (its agents: ", "); restore"],
      _everything),
     (lambda run: _edit_config(run, uld={"hidden_dim": 64}), ["eval", "{run}", "--episodes", "1"],
      ["does not fit the agent its config.json describes (", "the two belong to different runs"], _everything),
