@@ -29,6 +29,7 @@ from uld.agents.uld import losses
 from uld.agents.uld.agent import ULDAgent, make_buffer
 from uld.agents.uld.config import reduced_config as uld_small
 from uld.analysis.report import ReportConfig, write_report
+from uld.cli import main
 from uld.envs.base import EnvSpec
 from uld.train.checkpoint import Checkpointer
 from uld.train.config import TrainConfig
@@ -238,7 +239,7 @@ def test_sigint_then_the_same_command_resumes_drq_exactly(tmp_path):
     """A DR.Q run stopped by SIGINT mid-run and continued equals the run straight through: evaluations,
     parameters, priorities and the fade ages (fade 0.99 so that slots reach the floor within the run)."""
     straight = tmp_path / "straight"
-    subprocess.run(_cli(straight, 500), check=True, capture_output=True, timeout=600)
+    assert main(_cli(straight, 500)[3:]) == 0  # in this process: the same command without a second interpreter
     run = tmp_path / "interrupted"
     assert "Traceback" not in stop_with_sigint(_cli(run, 500), run)
     a, _ = Checkpointer(run / "checkpoints").load_latest()

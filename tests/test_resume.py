@@ -53,20 +53,20 @@ def _assert_same_agent(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("env", ["dmc:cartpole-balance"])
 def test_half_then_resume_equals_straight(tmp_path, env):
-    """N steps straight == 270 steps, stop, same command again for N: same eval.csv returns and parameters.
+    """300 steps straight == 170 steps, stop, same command again for 300: same eval.csv returns and parameters.
 
-    The split falls mid-episode (Pendulum episodes are 200 steps, cartpole's 500), so the episode in
-    progress is rebuilt by replaying its actions, and off the evaluation grid (every 100 steps), so the
-    split run's final evaluation at 270 must not shift the evaluations after it.
+    The split falls mid-episode (cartpole's episodes are 500 agent steps), so the episode in progress is rebuilt
+    by replaying its actions, and off the evaluation grid (every 250 steps), so the split run's final evaluation
+    at 170 must not shift the evaluations after it.
     """
-    straight = train(_config(tmp_path / "straight", 500, env))
+    straight = train(_config(tmp_path / "straight", 300, env, eval_every=250))
     split = tmp_path / "split"
-    train(_config(split, 270, env))
-    assert _final_state(split)[1] == 270
-    train(_config(split, 500, env))
-    assert [row for row in _returns(split) if row[0] != 270] == _returns(straight)
+    train(_config(split, 170, env, eval_every=250))
+    assert _final_state(split)[1] == 170
+    train(_config(split, 300, env, eval_every=250))
+    assert [row for row in _returns(split) if row[0] != 170] == _returns(straight)
     (a, step_a), (b, step_b) = _final_state(straight), _final_state(split)
-    assert step_a == step_b == 500
+    assert step_a == step_b == 300
     _assert_same_agent(a, b)
     assert torch.equal(a["buffer"]["obs"], b["buffer"]["obs"])
     assert torch.equal(a["buffer"]["priority"], b["buffer"]["priority"])
