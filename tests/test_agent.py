@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from numerics import assert_same_argmax, network_rounding_bound
 from uld.agents.uld import losses
@@ -365,16 +366,36 @@ def test_continuous_target_action_noise_is_clipped_to_03() -> None:
     assert (action - clean).abs().max() > 0.25  # 3072 draws of N(0, 0.2^2): some hit the clip
 
 
-def test_pixel_agent_updates_on_uint8_frames() -> None:
+def test_pixel_agent_scales_uint8_frames_once_and_its_updates_reach_the_convolutions() -> None:
+    """Frames stay uint8 in the replay (a quarter of float32's bytes) and the encoder maps them to [-0.5, 0.5]
+    itself: f of the uint8 frames equals the same layers applied in float64 to frames / 255 - 0.5. The bound is
+    numerics.network_rounding_bound for fp32 against exact arithmetic: five layers (four convolutions and a
+    Linear) of at most 32 x 3 x 3 + 1 terms (a 3 x 3 kernel over 32 channels, and the bias; the 36 x 36 frames
+    leave one pixel for the Linear's 32 inputs), the row's scale set by the LayerNorm at the end. Then updates on those
+    frames train the convolutions: every convolution's weight moves, and the metrics are finite."""
     torch.manual_seed(7)
     spec = EnvSpec("test:pixels", (4, 36, 36), 3, discrete=True, max_episode_steps=100, pixels=True)
     config = small_config(target_update_period=2)
     agent = ULDAgent(spec, config)
     buffer = filled(spec, config)
     assert buffer.obs.dtype == torch.uint8
+    frames = buffer.obs[:8]
+    encoder = agent.encoder.state_encoder
+    with torch.no_grad():
+        zs = agent.encoder.f(frames)
+        x = frames.double() / 255.0 - 0.5
+        for conv in encoder.convs:
+            x = F.elu(F.conv2d(x, conv.weight.double(), conv.bias.double(), stride=conv.stride))
+        linear = x.flatten(1) @ encoder.linear.weight.double().T + encoder.linear.bias.double()
+        expected = F.elu(F.layer_norm(linear, linear.shape[-1:]))
+    error = (zs.double() - expected).abs().amax(-1)
+    assert torch.all(error <= network_rounding_bound(expected, layers=5, terms=32 * 3 * 3 + 1)), error
+
+    convolutions = [conv.weight.detach().clone() for conv in encoder.convs]
     for _ in range(3):
         metrics = agent.update(buffer)
     assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert all(not torch.equal(before, conv.weight) for before, conv in zip(convolutions, encoder.convs))
     assert isinstance(agent.act(buffer.obs[0], explore=False), int)
 
 
