@@ -81,6 +81,17 @@ def image_observations(seed, evaluation):  # noqa: ARG001
                        gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8))
 
 
+class _NoDisplay(gymnasium.Wrapper):
+    """Pendulum on a machine where its renderer cannot start (as pygame or OpenGL fail there)."""
+
+    def render(self):
+        raise RuntimeError("no display")
+
+
+def unrenderable(seed, evaluation):  # noqa: ARG001
+    return _NoDisplay(gymnasium.make("Pendulum-v1"))
+
+
 # ---- refusals of the options alone ---------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -237,6 +248,24 @@ def test_a_video_without_its_packages_names_the_extra_and_writes_nothing(finishe
     _refused(capsys, ["eval", str(finished), "--episodes", "1", "--video", str(tmp_path / "videos" / "episode.mp4")],
              "writing a video needs imageio and imageio-ffmpeg: pip install 'uld[video]'")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_refused_after_its_folder_was_made_leaves_no_folder(finished, tmp_path, capsys, monkeypatch):
+    """The model is written into folders export makes; a refusal met while exporting (here: no onnx) removes them."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    _refused(capsys, ["export", str(finished), "--out", str(tmp_path / "models" / "new" / "policy.onnx")],
+             "exporting to ONNX needs onnx and onnxscript: pip install 'uld[export]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_video_of_an_env_that_cannot_render_leaves_no_folder(tmp_path, capsys):
+    """The video's folders are made before filming; the env's render refusal, met while filming, removes them."""
+    run = uld.train(TrainConfig(env="python:test_refusals:unrenderable", small=True, steps=1, eval_every=1,
+                                eval_episodes=1, progress=False, out=str(tmp_path / "run")))
+    before = _snapshot(tmp_path)
+    _refused(capsys, ["eval", str(run), "--episodes", "1", "--video", str(tmp_path / "videos" / "new" / "ep.mp4")],
+             "could not render (no display); ")
+    assert _snapshot(tmp_path) == before
 
 
 def test_report_with_a_reference_folder_of_no_curves_is_refused_before_writing(finished, tmp_path, capsys):
