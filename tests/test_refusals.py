@@ -279,6 +279,19 @@ def test_report_with_a_reference_folder_of_no_curves_is_refused_before_writing(f
     assert _snapshot(tmp_path) == before
 
 
+def test_report_of_two_agents_refused_for_the_second_writes_nothing(finished, tmp_path, capsys):
+    """The first agent's report is not written when the second agent's runs are refused (a non-finite return)."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished, sweep / "uld" / "seed0", symlinks=True)
+    drq = Path(shutil.copytree(finished, sweep / "drq" / "seed0", symlinks=True))
+    _edit_config(drq, agent="drq")
+    (drq / "eval.csv").write_bytes(b"step,mean_return,returns,wall_seconds\r\n2,nan,nan,0.1\r\n")
+    before = _snapshot(tmp_path)
+    _refused(capsys, ["report", str(sweep), "--reps", "10"], "eval.csv holds a non-finite return (nan) at step 2; "
+             "rerun that run or move it out of the sweep directory, then report again")
+    assert _snapshot(tmp_path) == before
+
+
 def test_an_env_factory_that_cannot_be_sent_to_a_worker_is_refused_before_writing(tmp_path):
     """A lambda cannot be pickled for an env worker: the sentence says to name the env or train in process."""
     with pytest.raises(uld.UldError) as error:
