@@ -29,7 +29,8 @@ class SweepConfig:
     """Train every (env, seed) of a suite as resumable runs under one sweep directory.
 
     Options this command does not know are passed on to every `uld train` (for example
-    `--small --uld.batch-size 128`); run the same command again to continue an interrupted sweep.
+    `--small --uld.batch-size 128`; `uld sweep -- --help` lists them); run the same command again to continue
+    an interrupted sweep.
     """
 
     suite: str | None = None
