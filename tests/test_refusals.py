@@ -373,6 +373,15 @@ def test_a_sweep_continued_with_other_options_is_refused_naming_them(finished_sw
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("manifest", [b"{\"runs\": [", b"[]", b"\xff"], ids=["torn", "a-list", "not-utf8"])
+def test_a_sweep_whose_manifest_is_damaged_is_refused_and_left_as_it_was(finished_sweep, tmp_path, capsys, manifest):
+    (tmp_path / "sweep" / "sweep.json").write_bytes(manifest)
+    before = _snapshot(tmp_path)
+    _refused(capsys, finished_sweep, "sweep.json is not the manifest uld sweep writes (",
+             "); restore it, or use another --out")
+    assert _snapshot(tmp_path) == before
+
+
 @pytest.fixture
 def no_ray_cluster(monkeypatch):
     """This machine as Ray sees it when no cluster runs on it: no GCS process and no address of a last cluster

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uld.agents.registry import DEFAULT_AGENT
-from uld.errors import UldError
+from uld.errors import UldError, first_detail
 
 USER_ERROR_EXIT = 2
 """Exit code of `uld train` for a problem the user must fix (a UldError): retrying cannot help."""
@@ -188,7 +188,15 @@ def sweep_manifest(config: SweepConfig, train_args: list[str], sweep_dir: Path, 
     manifest = {"suite": config.suite, "agent": config.agent, "train_args": list(train_args),
                 "eval_every": config.eval_every, "eval_episodes": config.eval_episodes, "runs": []}
     if path.exists():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+            entries = stored.get("runs", []) if isinstance(stored, dict) else None
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and {"env", "seed"} <= e.keys()
+                                                        for e in entries):
+                raise ValueError("it is not an object with a list of runs")
+        except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+            raise UldError(f"{path} is not the manifest uld sweep writes ({first_detail(error)}); restore it, or "
+                           "use another --out") from None
         differences = [f"{key} (sweep: {stored.get(key)!r}, this command: {manifest[key]!r})"
                        for key in IDENTITY if stored.get(key) != manifest[key]]
         if differences:
