@@ -182,7 +182,8 @@ def _train_locked(config: TrainConfig, configs: list[TrainConfig],
         wandb_sinks = [_wandb_sink(cfg, c, d, new_run=states is None, concurrent=len(seeds) > 1,
                                    closing=closing)
                        for c, d in zip(configs, dirs)] if cfg.wandb else []
-        # Nothing is moved or written before here: every refusal above left the run directories as they were.
+        # None of the runs' files is moved or written before here (a started W&B keeps its own under wandb/):
+        # every refusal above left the run directories as they were.
         for d in dirs:
             aside = move_aside(d.run_dir) if states is None and d.run_dir.is_dir() else None
             if aside is not None:
@@ -230,10 +231,11 @@ def _refused_if_unfit(dirs: list[SeedDir], start_step: int) -> Iterator[None]:
 
 
 def _load_learners(agents: Seeds, buffers: list, states: list[dict], dirs: list[SeedDir]) -> None:
-    """Restore the seeds' replays and agents from their checkpoints (in the order a single-seed run restores its
-    generators), and check the rest of each state that can be found not to fit: its trainer counters and its
-    eval.csv offset. Writes nothing, so a resume refused here leaves the run directories byte for byte as they
-    were; the replays' and agents' parts of `states` are dropped once loaded, to free their memory."""
+    """Restore the seeds' replays, then their agents (the order the trainer restored them in, so that the
+    generators end as they did), and check the rest of each state that can be found not to fit: its trainer
+    counters and its eval.csv offset. Writes nothing, so a resume refused here leaves the run directories byte
+    for byte as they were; the replays' and agents' parts of `states` are dropped once loaded, to free their
+    memory."""
     for buffer, state, d in zip(buffers, states, dirs):
         TrainerState(**state["trainer"])
         buffer.load_state_dict(state["buffer"])
