@@ -81,6 +81,17 @@ def image_observations(seed, evaluation):  # noqa: ARG001
                        gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8))
 
 
+class _NoDisplay(gymnasium.Wrapper):
+    """Pendulum on a machine where its renderer cannot start (as pygame or OpenGL fail there)."""
+
+    def render(self):
+        raise RuntimeError("no display")
+
+
+def unrenderable(seed, evaluation):  # noqa: ARG001
+    return _NoDisplay(gymnasium.make("Pendulum-v1"))
+
+
 # ---- refusals of the options alone ---------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -185,46 +196,43 @@ def _junk_checkpoint(run: Path) -> None:
 RESUME = ["train", "--resume", "{run}", "--steps", "4", "--no-progress"]
 
 
-def _everything(path: str) -> bool:  # noqa: ARG001
-    return True
+def _unfit_with_a_later_row(run: Path) -> None:
+    """A checkpoint that does not fit the run's config, and eval.csv with a row written after that checkpoint (as
+    a run killed between an evaluation and its checkpoint leaves it): the refusal must not drop the row."""
+    _edit_config(run, uld={"hidden_dim": 64})
+    with open(run / "eval.csv", "ab") as f:
+        f.write(b"4,-1.5,-1.5,0.1\r\n")
 
 
-def _results(path: str) -> bool:
-    """The run's results: a refusal met while its checkpoint is loaded comes after the resumed run has rewritten
-    config.json (the new --steps) and opened a TensorBoard file; the checkpoints and eval.csv are as they were."""
-    return not (path == "run/config.json" or path.startswith("run/tb/"))
-
-
-@pytest.mark.parametrize("damage, argv, fragments, untouched", [
+@pytest.mark.parametrize("damage, argv, fragments", [
     (None, ["eval", "{run}", "--episodes", "1", "--video", "{tmp}"],
-     ["is a directory; pass a file name ending in .mp4"], _everything),
+     ["is a directory; pass a file name ending in .mp4"]),
     (None, [*RESUME, "--trust-checkpoint", "{run}/checkpoints/step-0000000007.pt"],
-     ["step-0000000007.pt is not a file; pass one of the run's checkpoints/step-*.pt"], _everything),
+     ["step-0000000007.pt is not a file; pass one of the run's checkpoints/step-*.pt"]),
     (_junk_checkpoint, [*RESUME, "--trust-checkpoint", "{run}/checkpoints/step-0000000009.pt"],
-     ["step-0000000009.pt cannot be read as a uld checkpoint (", "; pass another checkpoint, or --restart"], _everything),
+     ["step-0000000009.pt cannot be read as a uld checkpoint (", "; pass another checkpoint, or --restart"]),
     (lambda run: _replace_checkpoints(run, lambda path: path.symlink_to(run.parent / "unmounted")), ["eval", "{run}"],
-     ["checkpoints is a symlink to ", "unmounted, which does not exist; mount or restore its target, or replace"],
-     _everything),
+     ["checkpoints is a symlink to ", "unmounted, which does not exist; mount or restore its target, or replace"]),
     (lambda run: _replace_checkpoints(run, lambda path: path.write_text("x")), ["eval", "{run}"],
-     ["checkpoints is a file, not a directory of checkpoints; move it away and run again"], _everything),
+     ["checkpoints is a file, not a directory of checkpoints; move it away and run again"]),
     (lambda run: (run / "config.json").write_text("[]"), ["eval", "{run}"],
-     ["config.json holds a list, not a run's options; restore the file uld train wrote"], _everything),
+     ["config.json holds a list, not a run's options; restore the file uld train wrote"]),
     (lambda run: _edit_config(run, agent="nosuch"), ["eval", "{run}"],
-     ["config.json names the agent 'nosuch', which this uld does not have (its agents: ", "); restore"],
-     _everything),
+     ["config.json names the agent 'nosuch', which this uld does not have (its agents: ", "); restore"]),
     (lambda run: _edit_config(run, uld={"hidden_dim": 64}), ["eval", "{run}", "--episodes", "1"],
-     ["does not fit the agent its config.json describes (", "the two belong to different runs"], _everything),
-    (lambda run: _edit_config(run, uld={"hidden_dim": 64}), RESUME,
-     ["does not fit this run (size mismatch for ", "; pass another with --trust-checkpoint, or --restart"], _results),
+     ["does not fit the agent its config.json describes (", "the two belong to different runs"]),
+    (_unfit_with_a_later_row, RESUME,
+     ["does not fit this run (size mismatch for ", "; pass another with --trust-checkpoint, or --restart"]),
     (lambda run: _rewrite_checkpoint(run, lambda state: state["buffer"].pop("generator")), RESUME,
-     ["uld: this checkpoint was written by a uld whose replay lived in numpy on the host", "finish it with the uld version that started it, or start a new run"],
-     _results),
+     ["uld: this checkpoint was written by a uld whose replay lived in numpy on the host", "finish it with the uld version that started it, or start a new run"]),
     (lambda run: _rewrite_checkpoint(run, lambda state: state["logger"].update(eval_csv_bytes=3)), RESUME,
      ["the checkpoint's eval.csv offset 3 is not past eval.csv's header; pass another checkpoint with "
-      "--trust-checkpoint, or --restart to start the run over"], _results),
+      "--trust-checkpoint, or --restart to start the run over"]),
 ], ids=["video-is-a-folder", "trust-missing", "trust-junk", "checkpoints-dangling", "checkpoints-a-file", "config-a-list", "unknown-agent", "config-not-the-checkpoint", "resume-not-the-checkpoint", "numpy-replay", "offset-in-header"])
 def test_a_run_that_cannot_be_used_is_refused_in_one_sentence_and_left_as_it_was(finished, tmp_path, capsys,
-                                                                                 damage, argv, fragments, untouched):
+                                                                                 damage, argv, fragments):
+    """Byte for byte as it was, the resumes refused while their checkpoint is loaded included: those come
+    before the resumed run writes config.json (its new --steps), opens a TensorBoard file or cuts eval.csv."""
     run = Path(shutil.copytree(finished, tmp_path / "run", symlinks=True))
     if damage is not None:
         damage(run)
@@ -232,8 +240,7 @@ def test_a_run_that_cannot_be_used_is_refused_in_one_sentence_and_left_as_it_was
     err = _refused(capsys, [arg.format(run=run, tmp=tmp_path) for arg in argv], *fragments)
     # A refusal met while loading the checkpoint is the refusal itself: no second way out appended to it.
     assert err.count("--restart") <= 1, err
-    after = _snapshot(tmp_path)
-    assert {k: v for k, v in after.items() if untouched(k)} == {k: v for k, v in before.items() if untouched(k)}
+    assert _snapshot(tmp_path) == before
 
 
 def test_a_video_without_its_packages_names_the_extra_and_writes_nothing(finished, tmp_path, capsys, monkeypatch):
@@ -241,6 +248,24 @@ def test_a_video_without_its_packages_names_the_extra_and_writes_nothing(finishe
     _refused(capsys, ["eval", str(finished), "--episodes", "1", "--video", str(tmp_path / "videos" / "episode.mp4")],
              "writing a video needs imageio and imageio-ffmpeg: pip install 'uld[video]'")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_refused_after_its_folder_was_made_leaves_no_folder(finished, tmp_path, capsys, monkeypatch):
+    """The model is written into folders export makes; a refusal met while exporting (here: no onnx) removes them."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    _refused(capsys, ["export", str(finished), "--out", str(tmp_path / "models" / "new" / "policy.onnx")],
+             "exporting to ONNX needs onnx and onnxscript: pip install 'uld[export]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_video_of_an_env_that_cannot_render_leaves_no_folder(tmp_path, capsys):
+    """The video's folders are made before filming; the env's render refusal, met while filming, removes them."""
+    run = uld.train(TrainConfig(env="python:test_refusals:unrenderable", small=True, steps=1, eval_every=1,
+                                eval_episodes=1, progress=False, out=str(tmp_path / "run")))
+    before = _snapshot(tmp_path)
+    _refused(capsys, ["eval", str(run), "--episodes", "1", "--video", str(tmp_path / "videos" / "new" / "ep.mp4")],
+             "could not render (no display); ")
+    assert _snapshot(tmp_path) == before
 
 
 def test_report_with_a_reference_folder_of_no_curves_is_refused_before_writing(finished, tmp_path, capsys):
@@ -251,6 +276,19 @@ def test_report_with_a_reference_folder_of_no_curves_is_refused_before_writing(f
     before = _snapshot(tmp_path)
     _refused(capsys, ["report", str(sweep), "--reference", str(tmp_path / "reference"), "--reps", "10"],
              "reference holds no curves in the env,step,seed,return format; pass e.g. shared/reference/mrq")
+    assert _snapshot(tmp_path) == before
+
+
+def test_report_of_two_agents_refused_for_the_second_writes_nothing(finished, tmp_path, capsys):
+    """The first agent's report is not written when the second agent's runs are refused (a non-finite return)."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished, sweep / "uld" / "seed0", symlinks=True)
+    drq = Path(shutil.copytree(finished, sweep / "drq" / "seed0", symlinks=True))
+    _edit_config(drq, agent="drq")
+    (drq / "eval.csv").write_bytes(b"step,mean_return,returns,wall_seconds\r\n2,nan,nan,0.1\r\n")
+    before = _snapshot(tmp_path)
+    _refused(capsys, ["report", str(sweep), "--reps", "10"], "eval.csv holds a non-finite return (nan) at step 2; "
+             "rerun that run or move it out of the sweep directory, then report again")
     assert _snapshot(tmp_path) == before
 
 
@@ -314,36 +352,101 @@ def test_seeds_that_cannot_continue_together_are_refused_and_left_as_they_were(t
     assert _snapshot(tmp_path) == before
 
 
-def test_a_sweep_continued_with_other_options_is_refused_naming_them(finished, tmp_path, capsys):
-    """A sweep whose one run has finished already: the first command records it and trains nothing, the
-    second one, with another hyperparameter for uld train, is refused before anything runs."""
+@pytest.fixture
+def finished_sweep(finished, tmp_path, capsys) -> list[str]:
+    """A sweep of one finished run (seed 0, recorded by running the sweep: nothing trains); its command."""
     sweep = tmp_path / "sweep"
     shutil.copytree(finished, sweep / "gym_Pendulum-v1" / "seed0", symlinks=True)
     argv = ["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--steps", "2", "--eval-every", "2",
             "--eval-episodes", "1", "--out", str(sweep), "--small"]
     assert main(argv) == 0
     assert "1 runs, 1 finished already" in capsys.readouterr().out
+    return argv
+
+
+def test_a_sweep_continued_with_other_options_is_refused_naming_them(finished_sweep, tmp_path, capsys):
+    """The second command, with another hyperparameter for uld train, is refused before anything runs."""
     before = _snapshot(tmp_path)
-    _refused(capsys, [*argv, "--uld.discount", "0.5"],
+    _refused(capsys, [*finished_sweep, "--uld.discount", "0.5"],
              "sweep holds a sweep made with other options: train_args (sweep: ['--small'], this command: ['--small', "
              "'--uld.discount', '0.5']); use another --out, or the sweep's own options to continue it")
     assert _snapshot(tmp_path) == before
 
 
-def test_wandb_online_without_a_login_is_one_sentence(tmp_path):
-    """W&B's own error goes on with a second sentence; the refusal keeps its first. In a fresh interpreter
-    with its own HOME, so that no login of this machine's user is found and W&B's state stays out of the tests'
-    process."""
+@pytest.mark.parametrize("manifest", [b"{\"runs\": [", b"[]", b"\xff"], ids=["torn", "a-list", "not-utf8"])
+def test_a_sweep_whose_manifest_is_damaged_is_refused_and_left_as_it_was(finished_sweep, tmp_path, capsys, manifest):
+    (tmp_path / "sweep" / "sweep.json").write_bytes(manifest)
+    before = _snapshot(tmp_path)
+    _refused(capsys, finished_sweep, "sweep.json is not the manifest uld sweep writes (",
+             "); restore it, or use another --out")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def no_ray_cluster(monkeypatch):
+    """This machine as Ray sees it when no cluster runs on it: no GCS process and no address of a last cluster
+    (other tests and users may run one here, which --ray auto would join)."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    services = ray._private.services
+    monkeypatch.setattr(services, "_find_address_from_flag", lambda flag: set())  # noqa: ARG005 - the processes' flags
+    services.find_gcs_addresses.cache_clear()  # a cluster found earlier in this process is cached
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)  # noqa: ARG005
+
+
+def test_a_sweep_that_finds_no_ray_cluster_writes_nothing(no_ray_cluster, tmp_path, capsys):
+    _refused(capsys, ["sweep", "--envs", "gym:Pendulum-v1", "--seeds", "0", "--ray", "auto", "--out",
+                      str(tmp_path / "sweep")],
+             "cannot reach the Ray cluster at 'auto' (Could not find any running Ray instance); start one with ray "
+             "start --head, or pass --ray local to start one here")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_extended_where_no_ray_cluster_answers_changes_nothing(no_ray_cluster, finished_sweep, tmp_path,
+                                                                       capsys):
+    """A second seed added to the sweep on a cluster that is not there: sweep.json does not gain it."""
+    before = _snapshot(tmp_path)
+    argv = [*finished_sweep, "--ray", "auto"]
+    argv[argv.index("--seeds") + 1] = "0,1"
+    _refused(capsys, argv, "cannot reach the Ray cluster at 'auto' (")
+    assert _snapshot(tmp_path) == before
+
+
+def test_help_passed_on_by_a_sweep_is_uld_train_s_and_writes_nothing(tmp_path, capsys):
+    """`uld sweep ... -- --help` asks for the options it passes on: uld train's help, exit status 0."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--envs", "gym:Pendulum-v1", "--out", str(tmp_path / "sweep"), "--", "--help"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 0 and captured.out.startswith("usage: uld train ") and captured.err == "", captured
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["new-run", "resumed-run"])
+def test_wandb_online_without_a_login_is_one_sentence_and_writes_nothing(finished, tmp_path, resumed):
+    """W&B's own error goes on with a second sentence; the refusal keeps its first. W&B starts before the run
+    writes anything: a new run leaves no run directory (the lock's folder, made by this command, goes with
+    its lock), a resumed one is left byte for byte as it was. In a fresh interpreter with its own HOME, so that no
+    login of this machine's user is found and W&B's state stays out of the tests' process."""
     import os
     import subprocess
 
     environ = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     environ.update(HOME=str(tmp_path / "home"), WANDB_MODE="online", OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join([str(Path(uld.__file__).parents[1]), environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--env", "gym:Pendulum-v1", "--small", "--steps",
-                             "2", "--wandb", "--no-progress", "--out", str(tmp_path / "run")],
+    run = tmp_path / "run"
+    if resumed:
+        shutil.copytree(finished, run, symlinks=True)
+        argv = ["--resume", str(run), "--steps", "4"]
+    else:
+        argv = ["--env", "gym:Pendulum-v1", "--small", "--steps", "2", "--out", str(run)]
+    before = _snapshot(run) if resumed else None
+    result = subprocess.run([sys.executable, "-m", "uld.cli", "train", *argv, "--wandb", "--no-progress"],
                             capture_output=True, text=True, env=environ, timeout=120)
     err = result.stderr
     assert result.returncode == 2 and err.startswith("uld: W&B could not start (") and err.count("\n") == 1, err
     assert "Traceback" not in err and not re.search(r"[.!?] [A-Z]", err), err
     assert err.endswith("; run `wandb login`, or set WANDB_MODE=offline to keep the W&B run on this machine\n"), err
+    if resumed:
+        assert _snapshot(run) == before
+    else:
+        assert not os.path.lexists(run)

@@ -264,6 +264,9 @@ def _write_reports(config: ReportConfig, sweep_dir: Path, out: Path) -> Path:
     agents = sweep_agents(sweep_dir)
     if len(agents) <= 1:
         return _write_agent_report(config, sweep_dir, out, agents[0] if agents else None)
+    for agent in agents:  # every agent's inputs are read and checked before the first report is written
+        load_sweep(sweep_dir, agent)
+        _reference(config, agent)
     for agent in agents:
         _write_agent_report(config, sweep_dir, out / agent, agent)
     return _write_side_by_side(config, sweep_dir, out, agents)

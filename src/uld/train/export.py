@@ -156,8 +156,7 @@ def export_policy(run_dir: str | Path, out: str | Path, overwrite: bool = False)
     example = example_observations(spec)
     # Serialized in memory, then written through the one writing place (temporary file, rename): a full disk
     # is an OSError there, never a C++ exception thrown through TorchScript's writer, and leaves no partial file.
-    files.mkdir(out.parent)
-    with locked_file(out, "--out"):
+    with files.folder_for(out), locked_file(out, "--out"):
         with _portable_ops(), torch.no_grad():
             if out.suffix == ".pt":
                 buffer = io.BytesIO()

@@ -177,6 +177,25 @@ def mkdir(path: Path, parents: bool = True) -> None:
         raise write_error(path, error) from None
 
 
+@contextmanager
+def folder_for(path: Path) -> Iterator[None]:
+    """Make the folder that `path` goes in (and those above it) for the block. When the block raises (a refusal
+    or a failure), the folders this made are removed again while they are empty: the command leaves nothing."""
+    folder = Path(path).parent
+    made = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
+    mkdir(folder)
+    try:
+        yield
+    except BaseException:
+        for f in made:
+            try:
+                seam("unlink", f)
+                f.rmdir()
+            except OSError:  # not empty, or not removable: what is left is said by the error on its way out
+                break
+        raise
+
+
 def append(path: Path, data: bytes, sync: bool = True) -> None:
     """Append `data` to `path`, created when missing (fsynced with `sync`); a failed append is taken back,
     leaving the file as it was."""

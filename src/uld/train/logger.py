@@ -24,6 +24,7 @@ from uld.errors import UldError
 from uld.train import files
 
 EVAL_COLUMNS = ("step", "mean_return", "returns", "wall_seconds")
+HEADER = (",".join(EVAL_COLUMNS) + "\r\n").encode()
 
 
 def read_eval_csv(path: str | Path) -> list[dict]:
@@ -52,6 +53,21 @@ def read_eval_csv(path: str | Path) -> list[dict]:
         raise UldError(f"{path} is not an eval.csv that uld train writes: {error}; restore it, or move the "
                        "run out of the directory given") from None
     return rows
+
+
+def check_eval_offset(path: Path, offset: object, data: bytes | None = None) -> None:
+    """Raise UldError unless a checkpoint's eval.csv length `offset` can be resumed from: past the header, and
+    at a row's end or past the file's end. data: the file's bytes (default: read; a missing file is the header
+    the Logger writes). Writes nothing: uld train checks before it writes a resumed run's files."""
+    if data is None:
+        data = path.read_bytes() if path.exists() else HEADER
+    header = len(data.split(b"\n", 1)[0]) + 1
+    if type(offset) is not int or offset < header:
+        raise UldError(f"the checkpoint's eval.csv offset {offset!r} is not past eval.csv's header; pass "
+                       "another checkpoint with --trust-checkpoint, or --restart to start the run over")
+    if offset <= len(data) and data[offset - 1:offset] != b"\n":
+        raise UldError(f"the checkpoint's eval.csv offset {offset} falls inside a row of {path}; "
+                       "pass another checkpoint with --trust-checkpoint, or --restart to start the run over")
 
 
 class EventFile:
@@ -99,7 +115,7 @@ class Logger:
         self.run_dir = Path(run_dir)
         self.eval_path = self.run_dir / "eval.csv"
         if not self.eval_path.exists():
-            files.write_atomically(self.eval_path, (",".join(EVAL_COLUMNS) + "\r\n").encode())
+            files.write_atomically(self.eval_path, HEADER)
         # Events after the checkpoint being resumed from are dropped (they will be written again).
         self.writer = EventFile(self.run_dir / "tb", purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
@@ -159,18 +175,12 @@ class Logger:
         """
         offset = state["eval_csv_bytes"]
         data = self.eval_path.read_bytes()
-        header = len(data.split(b"\n", 1)[0]) + 1
-        if type(offset) is not int or offset < header:
-            raise UldError(f"the checkpoint's eval.csv offset {offset!r} is not past eval.csv's header; pass "
-                           "another checkpoint with --trust-checkpoint, or --restart to start the run over")
+        check_eval_offset(self.eval_path, offset, data)
         if offset > len(data):
             kept = data.rfind(b"\n") + 1
             print(f"uld: {self.eval_path} holds {len(data)} bytes, fewer than the {offset} the checkpoint recorded; "
                   "the rows it lost are not written again", file=sys.stderr)
             offset = kept
-        elif data[offset - 1:offset] != b"\n":
-            raise UldError(f"the checkpoint's eval.csv offset {offset} falls inside a row of {self.eval_path}; "
-                           "pass another checkpoint with --trust-checkpoint, or --restart to start the run over")
         if offset != len(data):
             files.truncate(self.eval_path, offset)
         rows = read_eval_csv(self.eval_path)

@@ -117,8 +117,7 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, video: str | Path | No
     video = Path(video)
     if video.is_dir():
         raise UldError(f"--video {video} is a directory; pass a file name ending in .mp4")
-    files.mkdir(video.parent)
-    with locked_file(video, "--video"):
+    with files.folder_for(video), locked_file(video, "--video"):
         # Filmed into a temporary file beside it and renamed into place through the one writing place: ffmpeg's
         # failures (a full disk, a read-only folder: a broken pipe to it) are one sentence and leave no partial video.
         partial = video.with_name(video.name + ".tmp.mp4")

@@ -11,8 +11,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,12 +34,15 @@ from uld.train.config import (
     seed_configs,
 )
 from uld.train.lock import locked
-from uld.train.logger import Logger
+from uld.train.logger import Logger, check_eval_offset
 from uld.train.population import Batched, PerSeed, Seeds, rng_state
 from uld.train.resume import TOGETHER, SeedDir, resume_states, together
 from uld.train.seed_envs import make_seed_envs
-from uld.train.trainer import SeedRun, Trainer
+from uld.train.trainer import SeedRun, Trainer, TrainerState
 from uld.train.validation import check_buffer_memory, check_config, check_out, resume_disagreements
+
+if TYPE_CHECKING:
+    from uld.train.wandb_sink import WandbSink
 
 RUN_FILES = ("eval.csv", "config.json", "tb", "checkpoints", "wandb_id")
 """What uld train writes in a run directory; --restart moves these aside, never deletes them."""
@@ -169,6 +173,17 @@ def _train_locked(config: TrainConfig, configs: list[TrainConfig],
         agent_spec = get_agent(cfg.agent)
         agent_spec.check_supports(envs[0].spec)  # before anything is moved or written
         check_buffer_memory(cfg, envs[0].spec, replays=len(seeds))
+        agents, buffers = _make_agents(agent_spec, cfg, envs[0].spec, seeds, device)
+        if states is not None:
+            with _refused_if_unfit(dirs, start_step):
+                _load_learners(agents, buffers, states, dirs)
+        # One W&B run per seed, as each seed's run directory is a single-seed run's. Started after the agents'
+        # generators are restored: wandb.init draws from none of the process's generators.
+        wandb_sinks = [_wandb_sink(cfg, c, d, new_run=states is None, concurrent=len(seeds) > 1,
+                                   closing=closing)
+                       for c, d in zip(configs, dirs)] if cfg.wandb else []
+        # None of the runs' files is moved or written before here (a started W&B keeps its own under wandb/):
+        # every refusal above left the run directories as they were.
         for d in dirs:
             aside = move_aside(d.run_dir) if states is None and d.run_dir.is_dir() else None
             if aside is not None:
@@ -176,16 +191,12 @@ def _train_locked(config: TrainConfig, configs: list[TrainConfig],
                       file=sys.stderr)
             d.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomically(d.run_dir / "config.json", (json.dumps(d.config, indent=2) + "\n").encode())
-        agents, buffers = _make_agents(agent_spec, cfg, envs[0].spec, seeds, device)
         tags = {TOGETHER: together(seeds)} if together(seeds) is not None else {}
         runs = []
         for k, (c, d) in enumerate(zip(configs, dirs)):
-            sinks = []
-            if cfg.wandb:  # one W&B run per seed, as each seed's run directory is a single-seed run's
-                from uld.train.wandb_sink import WandbSink
-
-                sinks.append(WandbSink(d.run_dir, cfg.wandb_project, d.config, name=f"{c.agent} {c.env} seed {c.seed}",
-                                       concurrent=len(seeds) > 1))
+            sinks = wandb_sinks[k:k + 1]
+            for sink in sinks:
+                sink.save_id()
             # The progress bar follows the first seed; the others' would overwrite it.
             logger = closing.enter_context(contextlib.closing(Logger(
                 d.run_dir, cfg.steps, start_step=start_step or 0, progress=cfg.progress and k == 0, sinks=sinks)))
@@ -196,20 +207,54 @@ def _train_locked(config: TrainConfig, configs: list[TrainConfig],
                           checkpoint_seconds=60 * cfg.checkpoint_minutes, checkpoint_every=cfg.checkpoint_every,
                           resume_hint=str(config.out or run_dirs[0].parent) if len(seeds) > 1 else str(run_dirs[0]))
         if states is not None:
-            try:
+            with _refused_if_unfit(dirs, start_step):
                 trainer.load_state_dicts(states)
-            except UldError:
-                raise  # already one sentence with its own way out (the replay's format, eval.csv's offset)
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-                where = ", ".join(str(d.checkpointer.directory) for d in dirs)
-                raise UldError(f"the checkpoint of step {start_step} in {where} does not fit this run "
-                               f"({first_detail(error)}); pass another with --trust-checkpoint, or --restart to start "
-                               "the run over") from None
             del states
         if on_allocated is not None:
             on_allocated()
         train_until_stopped(trainer, cfg.steps)
     return result
+
+
+@contextlib.contextmanager
+def _refused_if_unfit(dirs: list[SeedDir], start_step: int) -> Iterator[None]:
+    """A checkpoint that its loading finds not to fit this run becomes one sentence with the way out."""
+    try:
+        yield
+    except UldError:
+        raise  # already one sentence with its own way out (the replay's format, eval.csv's offset)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        where = ", ".join(str(d.checkpointer.directory) for d in dirs)
+        raise UldError(f"the checkpoint of step {start_step} in {where} does not fit this run "
+                       f"({first_detail(error)}); pass another with --trust-checkpoint, or --restart to start "
+                       "the run over") from None
+
+
+def _load_learners(agents: Seeds, buffers: list, states: list[dict], dirs: list[SeedDir]) -> None:
+    """Restore the seeds' replays, then their agents (the order the trainer restored them in, so that the
+    generators end as they did), and check the rest of each state that can be found not to fit: its trainer
+    counters and its eval.csv offset. Writes nothing, so a resume refused here leaves the run directories byte
+    for byte as they were; the replays' and agents' parts of `states` are dropped once loaded, to free their
+    memory."""
+    for buffer, state, d in zip(buffers, states, dirs):
+        TrainerState(**state["trainer"])
+        buffer.load_state_dict(state["buffer"])
+        check_eval_offset(d.run_dir / "eval.csv", state["logger"]["eval_csv_bytes"])
+    agents.load_state_dicts(states)
+    for state in states:
+        del state["buffer"], state["agent"]
+
+
+def _wandb_sink(cfg: TrainConfig, c: TrainConfig, d: SeedDir, *, new_run: bool, concurrent: bool,
+                closing: contextlib.ExitStack) -> WandbSink:
+    """The seed's W&B run, started before anything of the run is written (a W&B that cannot start is refused
+    with the run directory as it was) and finished on every way out."""
+    from uld.train.wandb_sink import WandbSink
+
+    sink = WandbSink(d.run_dir, cfg.wandb_project, d.config, name=f"{c.agent} {c.env} seed {c.seed}",
+                     concurrent=concurrent, new_run=new_run)
+    closing.callback(sink.close)
+    return sink
 
 
 def _seed_configs(config: TrainConfig, given: set[str]) -> list[TrainConfig]:

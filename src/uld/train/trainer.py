@@ -290,12 +290,12 @@ class Trainer:
         }
 
     def load_state_dicts(self, states: list[dict]) -> None:
-        """Restore every seed's run from its state_dict; the episodes in progress are replayed together."""
+        """Restore every seed's progress and logs from its state_dict; the episodes in progress are replayed
+        together. The replays and agents are restored before (train/run.py does that first, so that a checkpoint
+        that does not fit them is refused before the run's files are written)."""
         for seed, state in zip(self.seeds, states):
             seed.state = TrainerState(**state["trainer"])
-            seed.buffer.load_state_dict(state["buffer"])
             seed.logger.load_state_dict(state["logger"])
-        self.agents.load_state_dicts(states)
         rebuild_episodes(self.seeds, states)
 
 

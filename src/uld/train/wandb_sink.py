@@ -23,22 +23,29 @@ STEP_METRIC = "agent_step"
 
 
 class WandbSink:
-    """Forwards the Logger's scalars to one W&B run, resumed when the run directory already has one."""
+    """Forwards the Logger's scalars to one W&B run, resumed when the run directory already has one.
 
-    def __init__(self, run_dir: str | Path, project: str, config: dict, name: str, concurrent: bool = False):
+    Starting it writes nothing of the run's own (a W&B that cannot start is refused with the run directory as
+    it was); save_id() then records the W&B run's id in the run directory.
+    """
+
+    def __init__(self, run_dir: str | Path, project: str, config: dict, name: str, concurrent: bool = False,
+                 new_run: bool = False):
+        """new_run: start a new W&B run even where the run directory holds an id (uld train --restart moves
+        that id aside with the earlier run's files)."""
         try:
             import wandb
         except ImportError as error:
             raise UldError("--wandb needs the wandb package: pip install 'uld[wandb]'") from error
         run_dir = Path(run_dir)
-        id_path = run_dir / ID_FILE
-        run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
-        files.write_atomically(id_path, (run_id + "\n").encode())
+        self.id_path = run_dir / ID_FILE
+        self.run_id = (self.id_path.read_text().strip() if self.id_path.exists() and not new_run
+                       else secrets.token_hex(6))
         # W&B's files go beside the run's own, unless WANDB_DIR says where.
         directory = os.environ.get("WANDB_DIR") or str(run_dir)
         try:
             # concurrent: several seeds in one process, one W&B run each, open at the same time.
-            self.run = wandb.init(project=project, id=run_id, resume="allow", config=config, name=name,
+            self.run = wandb.init(project=project, id=self.run_id, resume="allow", config=config, name=name,
                                   dir=directory, settings=wandb.Settings(console="off", quiet=True),
                                   reinit="create_new" if concurrent else "default")
         except wandb.Error as error:
@@ -46,9 +53,17 @@ class WandbSink:
                            "WANDB_MODE=offline to keep the W&B run on this machine") from error
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC)
+        self.finished = False
+
+    def save_id(self) -> None:
+        """Record the W&B run's id in the run directory, so that a resumed run continues the same W&B run."""
+        files.write_atomically(self.id_path, (self.run_id + "\n").encode())
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log({**values, STEP_METRIC: step})
 
     def close(self) -> None:
-        self.run.finish()
+        """Finish the W&B run, once (uld train closes a sink that no Logger took over too)."""
+        if not self.finished:
+            self.finished = True
+            self.run.finish()

@@ -10,6 +10,7 @@ training process, so two sweeps never train the same run at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -17,9 +18,9 @@ import sys
 from pathlib import Path
 
 from uld.analysis.sweep.local import run_locally
-from uld.analysis.sweep.on_ray import check_ray_address, import_ray, run_on_ray
+from uld.analysis.sweep.on_ray import check_ray_address, import_ray, ray_cluster, run_on_ray
 from uld.analysis.sweep.plan import (Run, SweepConfig, finished_step, group_runs, parse_seeds, plan_runs,
-                                     run_finished, write_manifest)
+                                     run_finished, sweep_manifest, write_manifest)
 from uld.analysis.sweep.process import SweepInterrupted, last_line
 from uld.errors import UldError
 
@@ -73,20 +74,25 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
         import_ray()  # a missing Ray is named before the sweep's manifest is written
     sweep_dir = Path(config.out or Path("runs") / "sweeps" / f"{config.agent}-{config.suite or 'custom'}").absolute()
     runs = plan_runs(config, train_args, sweep_dir)
-    write_manifest(config, train_args, sweep_dir, runs)
-    todo = [run for run in runs if not run_finished(run.run_dir, run.steps)]
-    print(f"sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished already", flush=True)
-    todo = group_runs(todo, config.seeds_per_process)
+    manifest = sweep_manifest(config, train_args, sweep_dir, runs)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        if config.ray is None:
-            cores = len(os.sched_getaffinity(0))
-            parallel = config.parallel or max(1, cores // config.cpus_per_run)
-            if parallel * config.cpus_per_run > cores:
-                print(f"uld: {parallel} runs x {config.cpus_per_run} threads exceed the {cores} cores", file=sys.stderr)
-            failed = run_locally(todo, parallel, config.cpus_per_run, config.max_retries)
-        else:
-            failed = run_on_ray(todo, config)
+        with contextlib.ExitStack() as cluster:
+            # The cluster is reached before sweep.json is written: a sweep refused for it writes nothing.
+            ray = cluster.enter_context(ray_cluster(config)) if config.ray is not None else None
+            write_manifest(sweep_dir, manifest)
+            todo = [run for run in runs if not run_finished(run.run_dir, run.steps)]
+            print(f"sweep {sweep_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished already", flush=True)
+            todo = group_runs(todo, config.seeds_per_process)
+            if ray is None:
+                cores = len(os.sched_getaffinity(0))
+                parallel = config.parallel or max(1, cores // config.cpus_per_run)
+                if parallel * config.cpus_per_run > cores:
+                    print(f"uld: {parallel} runs x {config.cpus_per_run} threads exceed the {cores} cores",
+                          file=sys.stderr)
+                failed = run_locally(todo, parallel, config.cpus_per_run, config.max_retries)
+            else:
+                failed = run_on_ray(todo, config, ray)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failed:

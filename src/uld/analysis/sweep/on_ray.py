@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from uld.analysis.sweep.plan import USER_ERROR_EXIT, Run, SweepConfig
 from uld.analysis.sweep.process import RunCrashed, SweepInterrupted, last_line, lock_run, start_run
@@ -67,8 +70,10 @@ def import_ray():
     return ray
 
 
-def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
-    """Run as Ray tasks on a cluster; the runs that failed."""
+@contextlib.contextmanager
+def ray_cluster(config: SweepConfig) -> Iterator[Any]:
+    """The ray module, connected to the sweep's cluster (--ray local: one started here) until the block ends;
+    UldError when there is none to reach. uld sweep connects before it writes sweep.json."""
     ray = import_ray()
     import logging
 
@@ -81,6 +86,14 @@ def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
         cause = str(error).strip().splitlines()[-1].split(". ")[0].rstrip(".")
         raise UldError(f"cannot reach the Ray cluster at {config.ray!r} ({cause}); "
                        "start one with ray start --head, or pass --ray local to start one here") from error
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_on_ray(todo: list[Run], config: SweepConfig, ray: Any) -> list[Run]:
+    """Run as Ray tasks on the cluster that `ray` is connected to (ray_cluster); the runs that failed."""
     task = ray.remote(_ray_train)
     options = dict(num_cpus=config.cpus_per_run, num_gpus=config.gpus_per_run, max_retries=config.max_retries,
                    retry_exceptions=[RunCrashed])
@@ -110,6 +123,4 @@ def run_on_ray(todo: list[Run], config: SweepConfig) -> list[Run]:
         ray.wait(list(refs), num_returns=len(refs), timeout=120)
         raise SweepInterrupted("sweep interrupted; the runs under way were stopped at a checkpoint: run the same "
                                "command again to continue", 130) from None
-    finally:
-        ray.shutdown()
     return failed

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uld.agents.registry import DEFAULT_AGENT
-from uld.errors import UldError
+from uld.errors import UldError, first_detail
 
 USER_ERROR_EXIT = 2
 """Exit code of `uld train` for a problem the user must fix (a UldError): retrying cannot help."""
@@ -29,7 +29,8 @@ class SweepConfig:
     """Train every (env, seed) of a suite as resumable runs under one sweep directory.
 
     Options this command does not know are passed on to every `uld train` (for example
-    `--small --uld.batch-size 128`); run the same command again to continue an interrupted sweep.
+    `--small --uld.batch-size 128`; `uld sweep -- --help` lists them); run the same command again to continue
+    an interrupted sweep.
     """
 
     suite: str | None = None
@@ -139,11 +140,8 @@ def plan_runs(config: SweepConfig, train_args: list[str], sweep_dir: Path) -> li
     for name in ("steps", "eval_every", "eval_episodes"):
         if getattr(config, name) is not None:
             common += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
-    try:
-        base = parse_train_args([*common, *train_args])
-    except SystemExit as exit_:
-        raise UldError("the options passed on to uld train are not valid (see above): "
-                       f"{' '.join(train_args)}") from exit_
+    # A bad option is one UldError; --help passed on (uld sweep ... -- --help) prints uld train's help and exits 0.
+    base = parse_train_args([*common, *train_args])
     runs = []
     for env in sweep_envs(config):
         for seed in parse_seeds(config.seeds):
@@ -183,13 +181,22 @@ def group_runs(runs: list[Run], per_process: int) -> list[Run]:
     return grouped
 
 
-def write_manifest(config: SweepConfig, train_args: list[str], sweep_dir: Path, runs: list[Run]) -> None:
-    """Create or extend sweep.json; refuse a sweep directory that holds runs made with other options."""
+def sweep_manifest(config: SweepConfig, train_args: list[str], sweep_dir: Path, runs: list[Run]) -> dict:
+    """What sweep.json will hold: the sweep's own, extended by these runs; UldError for a sweep directory that
+    holds runs made with other options. Writes nothing."""
     path = sweep_dir / "sweep.json"
     manifest = {"suite": config.suite, "agent": config.agent, "train_args": list(train_args),
                 "eval_every": config.eval_every, "eval_episodes": config.eval_episodes, "runs": []}
     if path.exists():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+            entries = stored.get("runs", []) if isinstance(stored, dict) else None
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and {"env", "seed"} <= e.keys()
+                                                        for e in entries):
+                raise ValueError("it is not an object with a list of runs")
+        except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+            raise UldError(f"{path} is not the manifest uld sweep writes ({first_detail(error)}); restore it, or "
+                           "use another --out") from None
         differences = [f"{key} (sweep: {stored.get(key)!r}, this command: {manifest[key]!r})"
                        for key in IDENTITY if stored.get(key) != manifest[key]]
         if differences:
@@ -204,6 +211,12 @@ def write_manifest(config: SweepConfig, train_args: list[str], sweep_dir: Path, 
             manifest["runs"] = [entry if (e["env"], e["seed"]) == (run.env, run.seed) else e for e in manifest["runs"]]
         else:
             manifest["runs"].append(entry)
+    return manifest
+
+
+def write_manifest(sweep_dir: Path, manifest: dict) -> None:
+    """Create or replace sweep.json with `manifest` (sweep_manifest)."""
+    path = sweep_dir / "sweep.json"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps(manifest, indent=2) + "\n")
