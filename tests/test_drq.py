@@ -239,22 +239,22 @@ def test_sigint_then_the_same_command_resumes_drq_exactly(tmp_path):
     """A DR.Q run stopped by SIGINT mid-run and continued equals the run straight through: evaluations,
     parameters, priorities and the fade ages (fade 0.99 so that slots reach the floor within the run)."""
     straight = tmp_path / "straight"
-    assert main(_cli(straight, 500)[3:]) == 0  # in this process: the same command without a second interpreter
+    assert main(_cli(straight, 400)[3:]) == 0  # in this process: the same command without a second interpreter
     run = tmp_path / "interrupted"
-    assert "Traceback" not in stop_with_sigint(_cli(run, 500), run)
+    assert "Traceback" not in stop_with_sigint(_cli(run, 400), run)
     a, _ = Checkpointer(run / "checkpoints").load_latest()
-    assert 200 <= a["trainer"]["step"] < 500
-    subprocess.run(_cli(run, 500), check=True, capture_output=True, timeout=600)
+    assert 200 <= a["trainer"]["step"] < 400
+    subprocess.run(_cli(run, 400), check=True, capture_output=True, timeout=600)
     rows = [[(r["step"], r["returns"]) for r in read_eval_csv(d / "eval.csv")] for d in (straight, run)]
     assert rows[0] == rows[1]
     (a, step_a), (b, step_b) = (Checkpointer(d / "checkpoints").load_latest() for d in (straight, run))
-    assert step_a == step_b == 500
+    assert step_a == step_b == 400
     for name in ("encoder", "policy", "value", "encoder_target", "value_target"):
         assert all(torch.equal(t, b["agent"][name][key]) for key, t in a["agent"][name].items()), name
     for name in ("priority", "valid"):
         assert torch.equal(a["buffer"][name], b["buffer"][name])
     assert torch.equal(a["buffer"]["fade"]["birth"], b["buffer"]["fade"]["birth"])
-    assert a["buffer"]["fade"]["clock"] == b["buffer"]["fade"]["clock"] == 500
+    assert a["buffer"]["fade"]["clock"] == b["buffer"]["fade"]["clock"] == 400
 
 
 def test_drq_updates_with_the_faded_replay_read_nothing_back_to_the_host(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,7 @@ def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, 
     other seed continues without it. A newer checkpoint the same seed list wrote is redone exactly (a stop
     while every seed's checkpoint was being saved)."""
     train(_config(tmp_path / "run", 150, eval_every=150))
+    shutil.copytree(tmp_path / "run", tmp_path / "partial")  # the same 150 steps, for the second part
     seed4 = tmp_path / "run" / "seed4"
     train(_config(seed4, 300, eval_every=150, seeds=None, seed=4))
     files = {path: path.read_bytes() for path in seed4.rglob("*") if path.is_file()}
@@ -208,8 +210,7 @@ def test_a_seed_that_went_on_alone_is_not_redone_by_the_seeds_command(tmp_path, 
     # Both seeds' checkpoints of step 300 written together, then seed 1's removed (as if the process stopped
     # between the two saves): the same command redoes step 300 from 150 for both.
     straight = two_seed_straight_run
-    partial = train(_config(tmp_path / "partial", 150, eval_every=150))
-    train(_config(tmp_path / "partial", 300, eval_every=150))
+    partial = train(_config(tmp_path / "partial", 300, eval_every=150))
     checkpoints = Checkpointer(partial[0] / "checkpoints")
     checkpoints.path(300).unlink()
     checkpoints.path(300).with_suffix(".sha256").unlink()

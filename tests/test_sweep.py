@@ -6,7 +6,9 @@ uninterrupted local sweep (resumption is exact; wall_seconds differ and are not 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -42,8 +44,22 @@ def _environment(**extra: str) -> dict[str, str]:
 
 
 def _sweep(out: Path, *extra: str, **environment: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(out, *extra), capture_output=True, text=True, env=_environment(**environment),
-                          timeout=400)
+    """The sweep command to its end. Without Ray or environment variables it runs in this process (its runs
+    are `uld train` processes either way), which spares the suite an interpreter start per sweep."""
+    if environment or "--ray" in extra:
+        return subprocess.run(_command(out, *extra), capture_output=True, text=True, env=_environment(**environment),
+                              timeout=400)
+    return _here(_command(out, *extra)[3:])
+
+
+def _here(argv: list[str]) -> subprocess.CompletedProcess:
+    """`uld ARGV` in this process, with what it printed."""
+    from uld.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(argv)
+    return subprocess.CompletedProcess(["uld", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 def _start(out: Path, *extra: str, **environment: str) -> subprocess.Popen:
@@ -230,12 +246,10 @@ def test_seeds_per_process_groups_unfinished_seeds_and_skips_finished(tmp_path):
     """Seed 0 trained alone first; then --seeds 0-2 --seeds-per-process 2 skips it and trains seeds 1 and
     2 in one process (its train.log in seed1's directory), each writing its own run directory."""
     pendulum = ["--envs", "gym:Pendulum-v1", "--out", str(tmp_path), "--cpus-per-run", "1", *TINY]
-    first = subprocess.run([sys.executable, "-m", "uld.cli", "sweep", "--seeds", "0", *pendulum],
-                           capture_output=True, text=True, env=_environment(), timeout=400)
+    first = _here(["sweep", "--seeds", "0", *pendulum])
     assert first.returncode == 0, first.stderr
     seed0_log = (tmp_path / "gym_Pendulum-v1/seed0/train.log").read_text()
-    grouped = subprocess.run([sys.executable, "-m", "uld.cli", "sweep", "--seeds", "0-2", "--seeds-per-process", "2",
-                              *pendulum], capture_output=True, text=True, env=_environment(), timeout=400)
+    grouped = _here(["sweep", "--seeds", "0-2", "--seeds-per-process", "2", *pendulum])
     assert grouped.returncode == 0, grouped.stderr
     assert "3 runs, 1 finished already" in grouped.stdout
     assert "gym:Pendulum-v1 seeds 1,2 finished" in grouped.stdout
@@ -246,8 +260,7 @@ def test_seeds_per_process_groups_unfinished_seeds_and_skips_finished(tmp_path):
         run_dir = tmp_path / f"gym_Pendulum-v1/seed{seed}"
         assert [step for step, _ in _returns(run_dir)] == [0, 30, 60]
         assert finished_step(run_dir) == 60
-    again = subprocess.run([sys.executable, "-m", "uld.cli", "sweep", "--seeds", "0-2", "--seeds-per-process", "2",
-                            *pendulum], capture_output=True, text=True, env=_environment(), timeout=400)
+    again = _here(["sweep", "--seeds", "0-2", "--seeds-per-process", "2", *pendulum])
     assert "3 runs, 3 finished already" in again.stdout
 
 
