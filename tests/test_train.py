@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -95,8 +96,11 @@ def test_cli_bad_input_is_one_sentence_and_exit_2(args, message, tmp_path):
 
 
 def test_cli_help_documents_every_hyperparameter():
+    # A bare environment (fixed width, nothing on PATH), but the uld under test: the checkout's, when PYTHONPATH
+    # names it, rather than whichever uld is installed.
+    paths = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
     result = subprocess.run([sys.executable, "-m", "uld.cli", "train", "--help"], capture_output=True, text=True,
-                            timeout=120, env={"COLUMNS": "200", "PATH": ""})
+                            timeout=120, env={"COLUMNS": "200", "PATH": "", **paths})
     assert result.returncode == 0
     from dataclasses import fields
 
