@@ -211,9 +211,12 @@ def test_ray_sweep_interrupted_and_resumed_on_a_local_instance(straight, ray_hea
     assert process.returncode == 130, output
     assert sum(finished_step(out / run) == 60 for run in RUNS) < len(RUNS)
 
-    result = _sweep(out, "--ray", "local", RAY_AUTH_MODE="disabled")
+    # RAY_ADDRESS names the module's cluster, as on a machine of a cluster: --ray local still starts its own.
+    result = _sweep(out, "--ray", "local", RAY_AUTH_MODE="disabled", RAY_ADDRESS=ray_head.address)
 
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "sweep on a Ray instance started here at " in result.stdout, result.stdout
+    assert f":{ray_head.address.split(':')[1]}\n" not in result.stdout, result.stdout
     _assert_complete_and_equal(out, straight)
 
 

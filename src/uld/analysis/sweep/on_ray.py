@@ -79,13 +79,17 @@ def ray_cluster(config: SweepConfig) -> Iterator[Any]:
 
     local = config.ray == "local"
     try:
-        ray.init(address=None if local else config.ray, include_dashboard=False if local else None,
+        # "local" starts an instance of this sweep's own: left out, an address makes Ray join any cluster already
+        # running on the machine (or RAY_ADDRESS's).
+        ray.init(address=config.ray, include_dashboard=False if local else None,
                  logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError) as error:
         # Ray's own text goes on with advice of its own ("Please specify ... --address"): its first sentence only.
         cause = str(error).strip().splitlines()[-1].split(". ")[0].rstrip(".")
         raise UldError(f"cannot reach the Ray cluster at {config.ray!r} ({cause}); "
                        "start one with ray start --head, or pass --ray local to start one here") from error
+    where = "a Ray instance started here" if local else "the Ray cluster"
+    print(f"sweep on {where} at {ray.get_runtime_context().gcs_address}", flush=True)
     try:
         yield ray
     finally:
