@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from uld.analysis.sweep.local import run_locally
-from uld.analysis.sweep.on_ray import check_ray_address, import_ray, ray_cluster, run_on_ray
+from uld.analysis.sweep.on_ray import check_ray_address, ray_cluster, run_on_ray
 from uld.analysis.sweep.plan import (Run, SweepConfig, finished_step, group_runs, parse_seeds, plan_runs,
                                      run_finished, sweep_manifest, write_manifest)
 from uld.analysis.sweep.process import SweepInterrupted, last_line
@@ -70,8 +70,6 @@ def run_sweep(config: SweepConfig, train_args: list[str]) -> int:
         # Before anything is written. Ray retries an address where nothing answers for minutes, and
         # rewrites 127.0.0.1 into the node's own address: a plain connect to what was given fails fast.
         check_ray_address(config.ray)
-    if config.ray is not None:
-        import_ray()  # a missing Ray is named before the sweep's manifest is written
     sweep_dir = Path(config.out or Path("runs") / "sweeps" / f"{config.agent}-{config.suite or 'custom'}").absolute()
     runs = plan_runs(config, train_args, sweep_dir)
     manifest = sweep_manifest(config, train_args, sweep_dir, runs)
